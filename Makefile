@@ -1,0 +1,39 @@
+# The one entry point. CI runs `make test` (see .ci/run).
+UV ?= uv
+PY := $(UV) run --frozen --all-extras
+
+.PHONY: setup run test test-fast lint format typecheck bench bench-small schemas clean
+
+setup:            ## install everything (Python deps from the lock, redis-server if missing)
+	@command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
+	$(UV) sync --frozen --all-extras
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+run: setup        ## run the product on this machine
+	$(PY) python -m hiddenscope_core.demo
+
+test: setup lint typecheck  ## the whole test suite (what CI runs)
+	$(PY) pytest -q
+
+test-fast: ## tests without the slow marker
+	$(PY) pytest -q -m "not slow"
+
+lint:
+	$(PY) ruff check .
+	$(PY) ruff format --check .
+
+format:
+	$(PY) ruff format .
+	$(PY) ruff check --fix .
+
+typecheck:
+	$(PY) mypy
+
+bench: setup      ## benchmarks (not tests): T = 1e7 and 1e8; prints ratios against a numpy baseline
+	$(PY) python -m bench.core_bench --steps 10000000 100000000
+
+bench-small: setup
+	$(PY) python -m bench.core_bench --steps 1000000 --repeats 3
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
