@@ -1,0 +1,140 @@
+"""Bit-level building blocks: packing ``v >= θ`` into uint64 words and bit intrinsics.
+
+Layout used everywhere: step ``t`` of a plane is bit ``t & 63`` of word ``t >> 6``. A packed
+chunk must start at a step that is a multiple of 64; bits past the end of the data are 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba as nb
+import numpy as np
+import numpy.typing as npt
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+U64 = np.uint64
+
+
+@intrinsic
+def popcount64(typingctx: Any, x: Any) -> Any:
+    """Number of set bits of a uint64 (LLVM ``ctpop``)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def ctz64(typingctx: Any, x: Any) -> Any:
+    """Count of trailing zero bits of a uint64 (64 for 0)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return sig, codegen
+
+
+def n_words(n_steps: int) -> int:
+    """Words needed for ``n_steps`` bits."""
+    return (n_steps + 63) >> 6
+
+
+# ---------------------------------------------------------------------------- float16 ordering
+
+
+def f16_key_threshold(theta: float) -> int:
+    """Sortable 16-bit key ``k`` such that, for every non-NaN float16 ``x``,
+    ``x >= theta  <=>  f16_sort_key(bits(x)) >= k``.
+
+    The smallest float16 that is ``>= theta`` is found exactly (rounding up); ``±0`` map to
+    the key of ``-0`` because both zeros are ``>= 0``.
+    """
+    if math.isnan(theta):
+        raise ValueError("threshold is NaN")
+    f = np.float16(theta)  # nearest; may be below theta
+    if float(f) < theta:
+        f = np.nextafter(f, np.float16(np.inf))
+    if float(f) == 0.0:
+        f = np.float16(-0.0)
+    bits = int(np.array([f], dtype=np.float16).view(np.uint16)[0])
+    return _f16_sort_key_py(bits)
+
+
+def _f16_sort_key_py(b: int) -> int:
+    return (~b) & 0xFFFF if b & 0x8000 else b | 0x8000
+
+
+@nb.njit(inline="always", cache=True)
+def f16_sort_key(b: np.uint16) -> np.int64:
+    """Monotone map of float16 bit patterns to unsigned order (NaN handled by the caller)."""
+    x = np.int64(b)
+    if x & 0x8000:
+        return (~x) & 0xFFFF
+    return x | 0x8000
+
+
+@nb.njit(inline="always", cache=True)
+def f16_is_nan(b: np.uint16) -> bool:
+    return (np.int64(b) & 0x7FFF) > 0x7C00
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+@nb.njit(cache=True, nogil=True)
+def pack_ge_f32(col: npt.NDArray[np.float32], theta: float, out: npt.NDArray[np.uint64]) -> None:
+    """``out`` bits := ``col >= theta`` (float32 column; NaN is off). ``out`` has
+    ``ceil(len(col) / 64)`` words."""
+    n = col.shape[0]
+    nw = (n + 63) >> 6
+    for w in range(nw):
+        base = w << 6
+        stop = min(64, n - base)
+        word = np.uint64(0)
+        for j in range(stop):
+            if col[base + j] >= theta:
+                word |= np.uint64(1) << np.uint64(j)
+        out[w] = word
+
+
+@nb.njit(cache=True, nogil=True)
+def pack_ge_f16bits(col: npt.NDArray[np.uint16], key: int, out: npt.NDArray[np.uint64]) -> None:
+    """``out`` bits := float16 values (given as their uint16 bit patterns) ``>= θ``, where
+    ``key = f16_key_threshold(θ)``. NaN is off."""
+    n = col.shape[0]
+    nw = (n + 63) >> 6
+    for w in range(nw):
+        base = w << 6
+        stop = min(64, n - base)
+        word = np.uint64(0)
+        for j in range(stop):
+            b = col[base + j]
+            if not f16_is_nan(b) and f16_sort_key(b) >= key:
+                word |= np.uint64(1) << np.uint64(j)
+        out[w] = word
+
+
+def pack_ge(col: npt.NDArray[Any], theta: float, out: npt.NDArray[np.uint64] | None = None) -> Any:
+    """Pack ``col >= theta`` for a float32 or float16 column; returns the uint64 words."""
+    if out is None:
+        out = np.empty(n_words(col.shape[0]), dtype=np.uint64)
+    if col.dtype == np.float16:
+        pack_ge_f16bits(col.view(np.uint16), f16_key_threshold(theta), out)
+    elif col.dtype == np.float32:
+        pack_ge_f32(col, float(theta), out)
+    else:
+        pack_ge_f32(np.ascontiguousarray(col, dtype=np.float32), float(theta), out)
+    return out
+
+
+def unpack(words: npt.NDArray[np.uint64], n_steps: int) -> npt.NDArray[np.bool_]:
+    """Inverse of packing (for tests and small windows)."""
+    as_bytes = words.astype("<u8").view(np.uint8)
+    return np.unpackbits(as_bytes, bitorder="little")[:n_steps].astype(bool)
