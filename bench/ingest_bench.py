@@ -52,6 +52,7 @@ def main() -> None:
     t1 = time.perf_counter()
     m = w.publish()
     t2 = time.perf_counter()
+    w.timings["total"] = t2 - t1
     cpu = time.process_time() - c0
     wall = t2 - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -63,12 +64,20 @@ def main() -> None:
         f"  {T / wall / 1e6:.2f} M steps/s wall, {T / cpu / 1e6:.2f} M steps/s per core-second, "
         f"max RSS {rss:.0f} MiB, cores {os.cpu_count()}"
     )
-    import duckdb
+    import glob
 
-    con = duckdb.connect(f"{root}/datasets/{m.id}/index.duckdb", read_only=True)
-    row = con.execute("SELECT count(*) FROM on_intervals_data").fetchone()
-    con.close()
-    print(f"  on-intervals: {row[0] if row else 0:,} ({len(m.layers[0].thresholds)} thresholds)")
+    import pyarrow.parquet as pq
+
+    n_iv = sum(
+        pq.ParquetFile(f).metadata.num_rows
+        for f in glob.glob(f"{root}/datasets/{m.id}/layers/l/intervals/*.parquet")
+    )
+    print(f"  on-intervals: {n_iv:,} ({len(m.layers[0].thresholds)} thresholds)")
+    lt = {k: round(v, 2) for k, v in lw.timings.items()}
+    print(
+        f"  write phase (main thread): {lt}, waited for the Parquet thread {lw.parquet_wait:.2f} s"
+    )
+    print("  publish phases:", {k: round(v, 2) for k, v in w.timings.items()})
     print("  sizes:", {k: f"{v / 1e6:.0f} MB" for k, v in m.sizes.items()})
 
 

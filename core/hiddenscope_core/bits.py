@@ -20,7 +20,7 @@ U64 = np.uint64
 
 
 @intrinsic
-def popcount64(typingctx: Any, x: Any) -> Any:
+def _popcount64(typingctx: Any, x: Any) -> Any:
     """Number of set bits of a uint64 (LLVM ``ctpop``)."""
     sig = types.uint64(types.uint64)
 
@@ -31,7 +31,7 @@ def popcount64(typingctx: Any, x: Any) -> Any:
 
 
 @intrinsic
-def ctz64(typingctx: Any, x: Any) -> Any:
+def _ctz64(typingctx: Any, x: Any) -> Any:
     """Count of trailing zero bits of a uint64 (64 for 0)."""
     sig = types.uint64(types.uint64)
 
@@ -39,6 +39,11 @@ def ctz64(typingctx: Any, x: Any) -> Any:
         return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
 
     return sig, codegen
+
+
+# typed as Any: mypy reads an intrinsic's signature as (typingctx, x), numba calls it as f(x)
+popcount64: Any = _popcount64
+ctz64: Any = _ctz64
 
 
 def n_words(n_steps: int) -> int:
@@ -82,7 +87,7 @@ def f16_sort_key(b: np.uint16) -> np.int64:
 
 @nb.njit(inline="always", cache=True)
 def f16_is_nan(b: np.uint16) -> bool:
-    return (np.int64(b) & 0x7FFF) > 0x7C00
+    return bool((np.int64(b) & 0x7FFF) > 0x7C00)
 
 
 # ---------------------------------------------------------------------------- packing

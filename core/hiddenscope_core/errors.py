@@ -40,7 +40,7 @@ class Conflict(HiddenScopeError):
 
 
 class InvalidData(HiddenScopeError):
-    """Input arrays that do not fit the declared dataset (wrong shape, dtype, size, values) (422)."""
+    """Input that does not fit the declared dataset: shape, dtype, size or values (422)."""
 
     status = 422
     title = "Invalid data"

@@ -13,8 +13,8 @@ whole run). Levels are visited from ``|S1|`` down; once the k-th best has an int
 larger than ``m``, no lower level can enter the top k.
 
 S2 of a candidate is a bit mask over cells (``s2_mask``): from the row-major planes at a grid
-threshold, or from the transformed values at any other threshold. Steps outside the run's sequence count as
-off, so the off-extents are clipped to the sequence.
+threshold, or from the transformed values at any other threshold (``score_from_values``). Steps
+outside the run's sequence count as off, so the off-extents are clipped to the sequence.
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ def _mask_below(o: int) -> np.uint64:
 
 @nb.njit(inline="always", cache=True)
 def _on_value_f32(vals: np.ndarray, c: int, t: int, theta: float) -> bool:
-    return vals[c, t] >= theta
+    return bool(vals[c, t] >= theta)
 
 
 @nb.njit(inline="always", cache=True)
 def _on_value_f16(vals: np.ndarray, c: int, t: int, key: int) -> bool:
     b = vals[c, t]
-    return (not f16_is_nan(b)) and f16_sort_key(b) >= key
+    return (not f16_is_nan(b)) and bool(f16_sort_key(b) >= key)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -254,9 +254,7 @@ def level_mask(P: np.ndarray, m: int, out: np.ndarray) -> None:
 
 
 @nb.njit(inline="always", cache=True)
-def _better(
-    i1: int, u1: int, len1: int, s1: int, i2: int, u2: int, len2: int, s2: int
-) -> bool:
+def _better(i1: int, u1: int, len1: int, s1: int, i2: int, u2: int, len2: int, s2: int) -> bool:
     """SPEC §2 key (-I, U, -len, s) of candidate 1 strictly smaller than candidate 2."""
     if i1 != i2:
         return i1 > i2
@@ -317,7 +315,7 @@ def inter_cap_applies(H: np.ndarray, m: int) -> bool:
     """Whether a level-``m`` candidate can at best tie the worst kept one on the intersection
     (its intersection is at most ``m``): then counting its extra cells can stop past the
     worst kept one's, since more extra cells lose the tie."""
-    return H[0, 2] >= m
+    return bool(H[0, 2] >= m)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -436,7 +434,7 @@ def match_kernel(
                     pe = min(run_e, q_end)
                     L = pe - ps
                     ok = ps >= own_lo and ps < own_hi and pe <= filt_end
-                    ok = ok and L >= min_len and L <= max_len
+                    ok = ok and min_len <= L and max_len >= L
                     if ok and m < n1:
                         # distinct at this level iff some step has n == m exactly
                         fresh = False
@@ -454,7 +452,7 @@ def match_kernel(
                     if ok:
                         n_cand += 1
                         if want_stats:
-                            if L <= hist_cap:
+                            if hist_cap >= L:
                                 hist[L] += 1
                             elif n_long < long_len.shape[0]:
                                 long_len[n_long, 0] = L
@@ -476,11 +474,25 @@ def match_kernel(
                                 if full and inter_cap_applies(H, m):
                                     cap = H[0, 3] - n1
                                 inter, extra, complete = score_from_values(
-                                    mode, rows, have_rows, vals32, vals16, theta, key16,
-                                    n_cells, s1mask, ps, pe, l0, r1, need, cap, acc,
+                                    mode,
+                                    rows,
+                                    have_rows,
+                                    vals32,
+                                    vals16,
+                                    theta,
+                                    key16,
+                                    n_cells,
+                                    s1mask,
+                                    ps,
+                                    pe,
+                                    l0,
+                                    r1,
+                                    need,
+                                    cap,
+                                    acc,
                                 )
                             if want_stats and inter == n1:
-                                if L <= hist_cap:
+                                if hist_cap >= L:
                                     strict_hist[L] += 1
                                 else:
                                     long_len[n_long - 1, 1] = 1

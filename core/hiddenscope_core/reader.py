@@ -2,7 +2,9 @@
 
 ``open_dataset`` is cheap: it reads ``manifest.json`` only. Parquet file handles are opened on
 first use and cached per ``Dataset``; DuckDB connections are opened per call with
-``read_only=True`` (DuckDB allows many read-only processes, never a writer alongside them).
+``read_only=True`` (DuckDB allows many read-only processes, never a writer alongside them) by
+``Dataset.connect``, which every reader must use: it points DuckDB's ``file_search_path`` at the
+dataset directory, where the ``on_intervals`` view's relative Parquet paths resolve.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from hiddenscope_core import bits
 from hiddenscope_core.errors import InvalidQuery, NotFound
 from hiddenscope_core.models import DatasetManifest, LayerInfo
 from hiddenscope_core.transforms import transform_values, values_dtype
-from hiddenscope_core.writer import QUANTILE_COLUMNS, ROW_GROUP_STEPS
+from hiddenscope_core.writer import QUANTILE_COLUMNS, ROW_GROUP_STEPS, interval_glob
 
 
 class Dataset:
@@ -120,6 +122,7 @@ class Dataset:
         sel = self._cells(info, cells)
         part_steps = self.manifest.part_steps
         out = np.empty((end - start, info.n_cells if sel is None else sel.size), np.float32)
+        raw_dt = np.dtype("<f4" if info.dtype == "float32" else "<f2")
         t = start
         while t < end:
             part = t // part_steps
@@ -130,13 +133,7 @@ class Dataset:
             table = self._part(layer, part).read_row_groups(
                 list(range(rg0, rg1 + 1)), columns=["v"], use_threads=False
             )
-            col = table.column(0)
-            flat = (
-                pa.concat_arrays([c.values for c in col.chunks])
-                if col.num_chunks > 1
-                else (col.chunk(0).values)
-            )
-            raw = flat.to_numpy(zero_copy_only=False).reshape(-1, info.n_cells)
+            raw = _decode_states(table.column(0), raw_dt, info.n_cells)
             off = t - (p0 + rg0 * ROW_GROUP_STEPS)
             rows = raw[off : off + (stop - t)]
             if sel is not None:
@@ -177,6 +174,17 @@ class Dataset:
             return np.zeros((0, info.n_cells, W), np.uint64)
         path = self.path / "layers" / layer / "planes.bin"
         return np.memmap(path, dtype=np.uint64, mode="r", shape=(G, info.n_cells, W))
+
+    def rows(self, layer: str) -> npt.NDArray[np.uint64]:
+        """Row-major on-planes: read-only memmap ``(G, T, Dw)`` uint64, ``Dw = ceil(D / 64)``;
+        bit ``c & 63`` of word ``[g, t, c >> 6]`` is ``v[t, c] >= thresholds[g]`` (bits of
+        cells ``>= D`` are 0). With an empty grid an empty ``(0, T, Dw)`` array."""
+        info = self.layer(layer)
+        G, Dw = len(info.thresholds), bits.n_words(info.n_cells)
+        if G == 0:
+            return np.zeros((0, self.n_steps, Dw), np.uint64)
+        path = self.path / "layers" / layer / "rows.bin"
+        return np.memmap(path, dtype=np.uint64, mode="r", shape=(G, self.n_steps, Dw))
 
     def thresholds(self, layer: str) -> list[float]:
         """The threshold grid of a layer, ascending."""
@@ -260,8 +268,19 @@ class Dataset:
     # -- the DuckDB index
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A new read-only DuckDB connection to ``index.duckdb``; the caller closes it."""
-        return duckdb.connect(str(self.path / "index.duckdb"), read_only=True)
+        """A new read-only DuckDB connection to ``index.duckdb``; the caller closes it.
+
+        ``file_search_path`` is set to the dataset directory: the view ``on_intervals`` reads
+        ``layers/<layer>/intervals/part-*.parquet`` by paths relative to it (the dataset was
+        renamed at publication, so the index holds no absolute paths). Every reader of the index
+        must connect here."""
+        con = duckdb.connect(str(self.path / "index.duckdb"), read_only=True)
+        try:
+            con.execute("SET file_search_path = " + _sql_str(str(self.path)))
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def cell_stats(self, layer: str) -> dict[str, npt.NDArray[Any]]:
         """Per-cell statistics of a layer, ordered by cell: ``cell`` int32, ``min``/``max``/
@@ -324,12 +343,13 @@ class Dataset:
             )
         con = self.connect()
         try:
-            layer_id = con.execute("SELECT layer_id FROM layers WHERE name = ?", [layer]).fetchone()
-            assert layer_id is not None
+            # the layer's files directly (the view ``on_intervals`` is the same data): the
+            # row-group statistics of threshold_index and cell prune the scan
             res = con.execute(
-                "SELECT start, start + len AS e FROM on_intervals_data WHERE layer_id = ? "
-                "AND g = ? AND cell = ? AND start < ? AND start + len > ? ORDER BY start",
-                [layer_id[0], g, cell, end, start],
+                f'SELECT start, "end" AS e FROM read_parquet({_sql_str(interval_glob(layer))}) '
+                'WHERE threshold_index = ? AND cell = ? AND start < ? AND "end" > ? '
+                "ORDER BY start",
+                [g, cell, end, start],
             ).fetchnumpy()
         finally:
             con.close()
@@ -337,6 +357,24 @@ class Dataset:
             np.asarray(res["start"]).astype(np.int64),
             np.asarray(res["e"]).astype(np.int64),
         )
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _decode_states(col: pa.ChunkedArray, dt: np.dtype[Any], d: int) -> npt.NDArray[Any]:
+    """Rows ``(n, D)`` of a states column (``FixedSizeBinary(D * itemsize)``, little-endian
+    raw values): zero-copy for one chunk."""
+    parts = []
+    width = d * dt.itemsize
+    for chunk in col.chunks:
+        buf = chunk.buffers()[1]
+        a = np.frombuffer(buf, dtype=dt, count=len(chunk) * d, offset=chunk.offset * width)
+        parts.append(a.reshape(-1, d))
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty((0, d), dt)
 
 
 def open_dataset(path: str | os.PathLike[str]) -> Dataset:

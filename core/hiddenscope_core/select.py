@@ -63,7 +63,9 @@ def select_cells(ds: SelectSource, query: SelectQuery) -> SelectResult:
     lo = max(a - query.left_off, q_lo)
     hi = min(b + query.right_off, q_hi)
     if hi - lo > MAX_SELECT_STEPS:
-        raise InvalidQuery(f"range plus off extents spans {hi - lo} steps; at most {MAX_SELECT_STEPS}")
+        raise InvalidQuery(
+            f"range plus off extents spans {hi - lo} steps; at most {MAX_SELECT_STEPS}"
+        )
     values = ds.values(layer.name)
     on = on_matrix(values[:, lo:hi], query.threshold)  # (D, hi - lo)
     inside = on[:, a - lo : b - lo].all(axis=1)

@@ -1,28 +1,44 @@
 """Writing a dataset: streaming ingest into a staging directory, index build, atomic publication.
 
 Layout and API: ``docs/architecture.md``. Memory stays bounded whatever ``T`` is: layer rows are
-buffered in blocks of at most ``_BUFFER_BYTES``, the index is built in step blocks, and on-intervals
-are streamed into DuckDB in batches of at most ``_INTERVAL_BATCH`` rows.
+buffered in blocks of at most ``_BUFFER_BYTES``, the index is built in step blocks of at most
+``_BLOCK_VALUES`` values, and on-intervals are produced in batches of at most about
+``2 * _INTERVAL_BATCH`` rows (two in the writer queue at a time).
 
-Measured choices (2-vCPU reference box, D=64, see the report in the lead's notes):
+Measured choices (2-vCPU reference box, D=64; numbers in the lead's notes and the PR report):
 
-* Parquet states are written **uncompressed**: on float states LZ4/Snappy gain nothing (ratio
-  1.00-1.02) and zstd gains 9-22% at 25-40% less write speed; the fixed-size-list column costs
-  about 8 ns per value in pyarrow's level encoder, so it runs in a background thread overlapped
-  with the transform and the ``values.bin`` write.
-* On-intervals go to a compact physical table ``on_intervals_data`` (small integer keys, start
-  plus length, 4-byte integers when ``T < 2^32``) behind the view ``on_intervals``: about 2x the
-  insert speed of the wide table, which matters at 1e8+ intervals per 1e7 steps on noisy states.
+* Parquet states are one ``FixedSizeBinary(D * itemsize)`` column ``v`` per step holding the raw
+  values' little-endian bytes (float32 or float16; the dtype and ``D`` are in the schema
+  metadata), **uncompressed**, without statistics or dictionary. pyarrow's fixed-size-list
+  encoder costs about 8 ns per value (~2 M steps/s at D=64); a fixed-size binary column is
+  handed over zero-copy and written at memory speed. On float states LZ4/Snappy gain nothing
+  (ratio 1.00-1.02) and zstd 9-22% at 25-40% less write speed. Written by a background thread.
+* On-intervals are **Parquet files** in the dataset (``layers/<layer>/intervals/part-*.parquet``,
+  sorted by (threshold, cell, start), delta-encoded), written by a background thread, and
+  ``index.duckdb`` only defines the view ``on_intervals`` over them (paths relative to the dataset
+  directory; readers set ``file_search_path``, see ``reader.Dataset.connect``). Reason: DuckDB
+  inserts run at 10-27 M rows/s, while noisy LSTM-like states give ~20 on-intervals per step at
+  D=64 and 9 thresholds (2e8 per 1e7 steps), i.e. 8-20 s of inserts per 1e7 steps; pyarrow
+  writes the same rows at ~45 M rows/s on a background core at ~1.8 bytes per row.
+* The intervals are emitted after all planes are built, in units of (threshold, cell, 2^24-step
+  chunk) whose sizes the plane pass counts: every unit is independent (a run belongs to the chunk
+  where it starts, and its unit reads on past the chunk end until the run ends), so the units run
+  in parallel and come out globally sorted.
+* ``rows.bin`` (row-major planes for the match kernel) is made from ``planes.bin`` in the same
+  pass by 64x64 bit-matrix transposes of blocks that are still in cache (about 0.1 operation per
+  bit instead of a second comparison of every value with every threshold).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -63,10 +79,23 @@ HIST_BINS = 4096
 QUANTILES = (0.01, 0.05, 0.25, 0.50, 0.75, 0.95, 0.99)
 QUANTILE_COLUMNS = ("q01", "q05", "q25", "q50", "q75", "q95", "q99")
 PARQUET_COMPRESSION = "none"
+STATES_META_DTYPE = b"hiddenscope.dtype"
+"""Parquet schema metadata key of the states' value dtype (``float32`` | ``float16``)."""
+STATES_META_CELLS = b"hiddenscope.n_cells"
+"""Parquet schema metadata key of ``D`` (values per step)."""
+INTERVAL_COLUMNS = ("threshold_index", "cell", "start", "end")
+"""Columns of the interval Parquet files: int16 grid index, int32 cell, start and end (exclusive)
+as uint32 when ``T < 2^32``, else int64."""
+INTERVAL_ROW_GROUP = 1 << 20
+INTERVAL_CHUNK_LOG2 = 24
+"""A unit of interval extraction covers ``2^24`` steps of one (threshold, cell): at most 2^23
+runs start in it, which is ``_INTERVAL_BATCH``."""
+DUCKDB_MEMORY_LIMIT = "1GB"
 
 _BUFFER_BYTES = 16 << 20  # raw rows buffered per layer before a flush
-_BLOCK_VALUES = 1 << 26  # values (steps x cells) per index-build block
-_INTERVAL_BATCH = 1 << 23  # on-interval rows per DuckDB insert batch
+_BLOCK_VALUES = 1 << 22  # values (steps x cells) per index-build block (planes stay in cache)
+_INTERVAL_BATCH = 1 << 23  # on-interval rows per batch handed to the Parquet thread
+_INTERVAL_PART_ROWS = 1 << 26  # rows per interval part file (a new file at a batch boundary)
 _NAME_RE = NAME_PATTERN
 
 
@@ -77,61 +106,88 @@ _popcount: Any = bits.popcount64
 _ctz: Any = bits.ctz64
 
 
-@nb.njit(cache=True, nogil=True)
-def _f16_to_f32(src: Any, lut: Any, out: Any) -> None:
-    """``out[i, j] = lut[src[i, j]]``: float16 bit patterns to float32 (exact)."""
-    n, d = src.shape
-    for i in range(n):
-        for j in range(d):
-            out[i, j] = lut[src[i, j]]
-
-
-@nb.njit(cache=True, nogil=True)
-def _chunk_stats(v: Any, cmin: Any, cmax: Any, csum: Any, cnan: Any) -> int:
-    """Fold a row-major float32 chunk ``(n, D)`` into per-cell min/max/sum/NaN count.
-    Returns the number of infinite values (rejected by the caller)."""
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _stats_transpose_f32(v: Any, out: Any, cmin: Any, cmax: Any, csum: Any, cnan: Any) -> int:
+    """``out[:, :n] = v.T`` (``v`` row-major float32 ``(n, D)``) and fold per-cell
+    min/max/sum/NaN count. Returns the number of infinite values (rejected by the caller)."""
     n, d = v.shape
     n_inf = 0
-    for i in range(n):
-        for j in range(d):
-            x = v[i, j]
-            if x != x:
-                cnan[j] += 1
-            elif x - x != 0:
-                n_inf += 1
-            else:
-                cmin[j] = min(cmin[j], x)
-                cmax[j] = max(cmax[j], x)
-                csum[j] += x
+    for j0 in nb.prange((d + 15) >> 4):
+        ja = j0 << 4
+        jb = min(d, ja + 16)
+        for i0 in range(0, n, 64):
+            i1 = min(n, i0 + 64)
+            for j in range(ja, jb):
+                lo = cmin[j]
+                hi = cmax[j]
+                sm = 0.0
+                for i in range(i0, i1):
+                    x = v[i, j]
+                    out[j, i] = x
+                    if x != x:
+                        cnan[j] += 1
+                    elif x - x != 0:
+                        n_inf += 1
+                    else:
+                        lo = min(lo, x)
+                        hi = max(hi, x)
+                        sm += x
+                cmin[j] = lo
+                cmax[j] = hi
+                csum[j] += sm
     return n_inf
 
 
-@nb.njit(cache=True, nogil=True)
-def _transpose(src: Any, out: Any) -> None:
-    """``out[:, :n] = src.T`` in cache-friendly tiles."""
-    n, d = src.shape
-    for i0 in range(0, n, 64):
-        i1 = min(n, i0 + 64)
-        for j in range(d):
-            for i in range(i0, i1):
-                out[j, i] = src[i, j]
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _stats_transpose_f16(
+    v: Any, lut: Any, out: Any, cmin: Any, cmax: Any, csum: Any, cnan: Any
+) -> int:
+    """As ``_stats_transpose_f32`` for float16 values given as uint16 bit patterns (``out`` gets
+    the bit patterns; ``lut`` maps them to float32 for the statistics)."""
+    n, d = v.shape
+    n_inf = 0
+    for j0 in nb.prange((d + 15) >> 4):
+        ja = j0 << 4
+        jb = min(d, ja + 16)
+        for i0 in range(0, n, 64):
+            i1 = min(n, i0 + 64)
+            for j in range(ja, jb):
+                lo = cmin[j]
+                hi = cmax[j]
+                sm = 0.0
+                for i in range(i0, i1):
+                    b = v[i, j]
+                    out[j, i] = b
+                    x = lut[b]
+                    if x != x:
+                        cnan[j] += 1
+                    elif x - x != 0:
+                        n_inf += 1
+                    else:
+                        lo = min(lo, x)
+                        hi = max(hi, x)
+                        sm += x
+                cmin[j] = lo
+                cmax[j] = hi
+                csum[j] += sm
+    return n_inf
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _ends_in_words(words: Any, bm: Any, carry: np.uint64) -> tuple[int, int, np.uint64]:
-    """Count run ends (E bits) and on bits in ``words`` given the previous bit ``carry``.
-    Returns ``(ends, ons, carry_out)``."""
-    ends = 0
+def _starts_in_words(words: Any, bm: Any, carry: np.uint64) -> tuple[int, int]:
+    """Count run starts (``on & ~prev | on & boundary``) and on bits in ``words`` given the
+    bit before the first word. Returns ``(starts, ons)``."""
+    starts = 0
     ons = 0
     one = np.uint64(1)
     for i in range(words.shape[0]):
         w = words[i]
         sh = (w << one) | carry
         carry = w >> np.uint64(63)
-        e = sh & (~w | bm[i])
-        ends += _popcount(e)
+        s = w & (~sh | bm[i])
+        starts += _popcount(s)
         ons += _popcount(w)
-    return ends, ons, carry
+    return starts, ons
 
 
 @nb.njit(cache=True, nogil=True)
@@ -150,21 +206,21 @@ def _pass1_f32(
     vals: Any,
     b0: int,
     b1: int,
+    kchunk: int,
     thetas: Any,
     bm: Any,
-    carry: Any,
     planes: Any,
-    ends: Any,
+    counts: Any,
     ons: Any,
     lo: float,
     scale: float,
     hist: Any,
-    last: bool,
 ) -> None:
-    """For a step block of every cell: pack the on-planes, count run ends and on steps,
-    and add to the value histogram. ``vals`` is the whole ``(D, T)`` float32 array and
-    ``planes`` the whole ``(G, D, W)`` array (slicing inside keeps the C layout, so the packing
-    loops vectorise); the block is steps ``[b0, b1)``, ``b0 % 64 == 0``."""
+    """For a step block of every cell: pack the on-planes, count run starts (into
+    ``counts[g, c, kchunk]``) and on steps, and add to the value histogram. ``vals`` is the
+    whole ``(D, T)`` float32 array and ``planes`` the whole ``(G, D, W)`` array (slicing inside
+    keeps the C layout, so the packing loops vectorise); the block is steps ``[b0, b1)``,
+    ``b0 % 64 == 0``; the words before it are already packed."""
     d = vals.shape[0]
     g_n = thetas.shape[0]
     w0 = b0 >> 6
@@ -174,10 +230,9 @@ def _pass1_f32(
         for g in range(g_n):
             out = planes[g, c, w0:w1]
             bits.pack_ge_f32(col, thetas[g], out)
-            e, o, cout = _ends_in_words(out, bm, carry[g, c])
-            if last and cout != 0:
-                e += 1  # a run open at T - 1 ends at T (only when T % 64 == 0)
-            ends[g, c] = e
+            carry = planes[g, c, w0 - 1] >> np.uint64(63) if w0 > 0 else np.uint64(0)
+            s, o = _starts_in_words(out, bm, carry)
+            counts[g, c, kchunk] += s
             ons[g, c] += o
         _hist_col(col, lo, scale, hist[c])
 
@@ -187,17 +242,16 @@ def _pass1_f16(
     vals: Any,
     b0: int,
     b1: int,
+    kchunk: int,
     keys: Any,
     lut: Any,
     bm: Any,
-    carry: Any,
     planes: Any,
-    ends: Any,
+    counts: Any,
     ons: Any,
     lo: float,
     scale: float,
     hist: Any,
-    last: bool,
 ) -> None:
     """As ``_pass1_f32`` for float16 values given as uint16 bit patterns (``keys`` from
     ``bits.f16_key_threshold``; ``lut`` maps bit patterns to float32 for the histogram)."""
@@ -210,10 +264,9 @@ def _pass1_f16(
         for g in range(g_n):
             out = planes[g, c, w0:w1]
             bits.pack_ge_f16bits(col, keys[g], out)
-            e, o, cout = _ends_in_words(out, bm, carry[g, c])
-            if last and cout != 0:
-                e += 1
-            ends[g, c] = e
+            carry = planes[g, c, w0 - 1] >> np.uint64(63) if w0 > 0 else np.uint64(0)
+            s, o = _starts_in_words(out, bm, carry)
+            counts[g, c, kchunk] += s
             ons[g, c] += o
         h = hist[c]
         nb_ = h.shape[0]
@@ -225,70 +278,131 @@ def _pass1_f16(
                 h[b] += 1
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _transpose64(a: Any) -> None:
+    """In-place 64x64 bit-matrix transpose: afterwards bit ``j`` of ``a[i]`` is what bit ``i``
+    of ``a[j]`` was (bit 0 = least significant)."""
+    j = 32
+    m = np.uint64(0x00000000FFFFFFFF)
+    while j != 0:
+        sj = np.uint64(j)
+        for k in range(64):
+            if k & j == 0:
+                t = ((a[k] >> sj) ^ a[k + j]) & m
+                a[k + j] ^= t
+                a[k] ^= t << sj
+        j >>= 1
+        m ^= m << np.uint64(j)
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _pass2_intervals(
+def _rows_from_planes(planes: Any, rows: Any, w0: int, w1: int, n_steps: int) -> None:
+    """``rows[g, t, c >> 6]`` bit ``c & 63`` := ``planes[g, c, t >> 6]`` bit ``t & 63`` for the
+    steps of words ``[w0, w1)``; bits of cells ``>= D`` are 0."""
+    g_n, d, _ = planes.shape
+    dw = rows.shape[2]
+    n_w = w1 - w0
+    n_par = min(n_w, 256)
+    for p in nb.prange(n_par):
+        pa_ = w0 + n_w * p // n_par
+        pb = w0 + n_w * (p + 1) // n_par
+        a = np.empty(64, np.uint64)
+        for g in range(g_n):
+            for k in range(dw):
+                c0 = k << 6
+                nc = min(64, d - c0)
+                for w in range(pa_, pb):
+                    for j in range(nc):
+                        a[j] = planes[g, c0 + j, w]
+                    for j in range(nc, 64):
+                        a[j] = 0
+                    _transpose64(a)
+                    t0 = w << 6
+                    for i in range(min(64, n_steps - t0)):
+                        rows[g, t0 + i, k] = a[i]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _emit_units(
     planes: Any,
-    bm: Any,
-    base: int,
-    b1: int,
+    seq_starts: Any,
     n_steps: int,
-    last: bool,
-    c0: int,
-    c1: int,
-    offsets: Any,
-    carry: Any,
-    open_start: Any,
+    chunk_words: int,
+    ug: Any,
+    uc: Any,
+    uk: Any,
+    uoff: Any,
     out_g: Any,
     out_cell: Any,
     out_start: Any,
-    out_len: Any,
+    out_end: Any,
+    emitted: Any,
 ) -> None:
-    """Emit the on-intervals whose end lies in this step block for cells ``[c0, c1)``.
-
-    Run starts are ``on & ~prev | on & boundary`` and ends ``prev & ~on | prev & boundary``
-    (``boundary`` = sequence starts), so runs are cut at sequence boundaries. Starts and ends
-    alternate per (threshold, cell); an end pairs with the latest start, which may come from an
-    earlier block (``open_start``). ``offsets[g, c - c0]`` is where the rows of (g, c) go.
-    """
-    g_n = offsets.shape[0]
+    """Emit the on-intervals of each unit ``(ug, uc, uk)[u]`` = (grid index, cell, chunk) at
+    rows ``uoff[u]...``: the maximal runs that **start** in the chunk, cut at sequence starts
+    (``seq_starts``: the starts > 0). A run open at the chunk end is followed into the next words
+    until it ends. Starts are ``on & ~prev | on & boundary``, ends ``prev & ~on | prev &
+    boundary``; an end at the same step as a start comes first."""
+    n_words = planes.shape[2]
+    n_seq = seq_starts.shape[0]
     one = np.uint64(1)
-    w0 = base >> 6
-    w1 = (b1 + 63) >> 6
-    for c in nb.prange(c0, c1):
-        for g in range(g_n):
-            words = planes[g, c, w0:w1]
-            k = offsets[g, c - c0]
-            cy = carry[g, c]
-            op = open_start[g, c]
-            for i in range(words.shape[0]):
-                w = words[i]
-                sh = (w << one) | cy
-                cy = w >> np.uint64(63)
-                s = w & (~sh | bm[i])
-                e = sh & (~w | bm[i])
-                pos = base + (i << 6)
+    for u in nb.prange(ug.shape[0]):
+        g = ug[u]
+        c = uc[u]
+        words = planes[g, c]
+        wa = uk[u] * chunk_words
+        wb = min(n_words, wa + chunk_words)
+        bi = np.searchsorted(seq_starts, np.int64(wa) << 6)
+        cy = words[wa - 1] >> np.uint64(63) if wa > 0 else np.uint64(0)
+        op = np.int64(-1)
+        k = uoff[u]
+        i = wa
+        while i < n_words:
+            pos = np.int64(i) << 6
+            bmw = np.uint64(0)
+            while bi < n_seq and seq_starts[bi] < pos + 64:
+                bmw |= one << np.uint64(seq_starts[bi] - pos)
+                bi += 1
+            w = words[i]
+            sh = (w << one) | cy
+            cy = w >> np.uint64(63)
+            e = sh & (~w | bmw)
+            if i < wb:
+                s = w & (~sh | bmw)
                 while (s | e) != 0:
                     pe = _ctz(e)
                     ps = _ctz(s)
-                    if pe <= ps:  # an end and a start at one step: the end comes first
-                        end = pos + np.int64(pe)
-                        out_g[k] = g
-                        out_cell[k] = c
-                        out_start[k] = op
-                        out_len[k] = end - op
-                        k += 1
+                    if pe <= ps:
+                        if op >= 0:
+                            out_g[k] = g
+                            out_cell[k] = c
+                            out_start[k] = op
+                            out_end[k] = pos + np.int64(pe)
+                            k += 1
+                            op = -1
                         e &= e - one
                     else:
                         op = pos + np.int64(ps)
                         s &= s - one
-            if last and cy != 0:
-                out_g[k] = g
-                out_cell[k] = c
-                out_start[k] = op
-                out_len[k] = n_steps - op
-                k += 1
-            carry[g, c] = cy
-            open_start[g, c] = op
+            else:
+                if op < 0:
+                    break
+                if e != 0:
+                    out_g[k] = g
+                    out_cell[k] = c
+                    out_start[k] = op
+                    out_end[k] = pos + np.int64(_ctz(e))
+                    k += 1
+                    op = -1
+                    break
+            i += 1
+        if op >= 0:  # open at the last step
+            out_g[k] = g
+            out_cell[k] = c
+            out_start[k] = op
+            out_end[k] = n_steps
+            k += 1
+        emitted[u] = k - uoff[u]
 
 
 def _f16_lut() -> npt.NDArray[np.float32]:
@@ -375,15 +489,22 @@ class LayerWriter:
         self.cnan = np.zeros(d, np.int64)
         self._values_fd = os.open(self.dir / "values.bin", os.O_RDWR | os.O_CREAT, 0o644)
         os.ftruncate(self._values_fd, d * self.n_steps * self._val_dtype.itemsize)
-        arrow_type = pa.float32() if info.dtype == "float32" else pa.float16()
+        self._row_bytes = row_bytes
+        self._binary_type = pa.binary(row_bytes)
         self._schema = pa.schema(
-            [pa.field("v", pa.list_(pa.field("item", arrow_type, nullable=False), d), False)]
+            [pa.field("v", self._binary_type, False)],
+            metadata={
+                STATES_META_DTYPE: info.dtype.encode(),
+                STATES_META_CELLS: str(d).encode(),
+                b"hiddenscope.byte_order": b"little",
+            },
         )
-        self._arrow_type = arrow_type
         self._part: pq.ParquetWriter | None = None
         self._part_index = -1
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"parquet-{info.name}")
         self._lut = _f16_lut() if info.dtype == "float16" else None
+        self.timings: dict[str, float] = {"transform": 0.0, "stats": 0.0, "values": 0.0}
+        self.parquet_wait = 0.0  # seconds the caller waited for the Parquet thread
         self.closed = False
 
     def write(self, chunk: npt.ArrayLike) -> None:
@@ -429,7 +550,9 @@ class LayerWriter:
     def _buf(self) -> npt.NDArray[Any]:
         fut = self._pending[self._cur]
         if fut is not None:  # the Parquet thread still reads this buffer
+            t = time.perf_counter()
             fut.result()
+            self.parquet_wait += time.perf_counter() - t
             self._pending[self._cur] = None
         return self._bufs[self._cur]
 
@@ -439,16 +562,22 @@ class LayerWriter:
             return
         raw = self._bufs[self._cur][:n]
         t0 = self._flushed
+        # the Parquet thread starts on the raw rows at once (it only reads them)
+        self._pending[self._cur] = self._pool.submit(self._write_parquet, raw, t0)
+        tic = time.perf_counter()
         v = transform_values(raw, self.info.transform)
-        if v.dtype == np.float16:
-            assert self._lut is not None
-            vf = np.empty(v.shape, np.float32)
-            _f16_to_f32(v.view(np.uint16), self._lut, vf)
-        else:
-            vf = v
+        tac = time.perf_counter()
         cmin, cmax = self.cmin.copy(), self.cmax.copy()
         csum, cnan = self.csum.copy(), self.cnan.copy()
-        n_inf = _chunk_stats(vf, cmin, cmax, csum, cnan)
+        tb = self._tbuf
+        if v.dtype == np.float16:
+            assert self._lut is not None
+            n_inf = _stats_transpose_f16(
+                v.view(np.uint16), self._lut, tb.view(np.uint16), cmin, cmax, csum, cnan
+            )
+        else:
+            n_inf = _stats_transpose_f32(v, tb, cmin, cmax, csum, cnan)
+        toc = time.perf_counter()
         if n_inf:
             raise InvalidData(
                 f"layer {self.info.name!r}: {n_inf} infinite values in steps [{t0}, {t0 + n}) "
@@ -456,15 +585,12 @@ class LayerWriter:
             )
         self.cmin, self.cmax, self.csum, self.cnan = cmin, cmax, csum, cnan
         # values.bin: one pwrite per cell row, each a contiguous run of n values
-        tb = self._tbuf
-        if v.dtype == np.float16:
-            _transpose(v.view(np.uint16), tb.view(np.uint16))
-        else:
-            _transpose(v, tb)
         item = self._val_dtype.itemsize
         for c in range(self.info.n_cells):
             os.pwrite(self._values_fd, tb[c, :n].data, (c * self.n_steps + t0) * item)
-        self._pending[self._cur] = self._pool.submit(self._write_parquet, raw, t0)
+        self.timings["transform"] += tac - tic
+        self.timings["stats"] += toc - tac
+        self.timings["values"] += time.perf_counter() - toc
         self._cur ^= 1
         self._fill = 0
         self._flushed += n
@@ -482,8 +608,10 @@ class LayerWriter:
                 write_statistics=False,
             )
             self._part_index = part
-        flat = pa.array(raw.reshape(-1), type=self._arrow_type)
-        col = pa.FixedSizeListArray.from_arrays(flat, self.info.n_cells)
+        le = raw.astype(raw.dtype.newbyteorder("<"), copy=False)  # a no-op on x86 and ARM
+        col = pa.FixedSizeBinaryArray.from_buffers(
+            self._binary_type, raw.shape[0], [None, pa.py_buffer(np.ascontiguousarray(le))]
+        )
         assert self._part is not None
         self._part.write_table(pa.table({"v": col}, schema=self._schema), ROW_GROUP_STEPS)
 
@@ -677,6 +805,7 @@ class DatasetWriter:
         self._token_max = -1
         self._state = "open"  # open | published | aborted
         self.duckdb_threads: int | None = None  # None: DuckDB's default (all cores)
+        self.timings: dict[str, float] = {}  # seconds per index-build phase (for benchmarks)
 
     @classmethod
     def create(
@@ -900,10 +1029,12 @@ class DatasetWriter:
     def _publish(self) -> DatasetManifest:
         if not self._layers:
             raise InvalidData("a dataset needs at least one layer (add_layer)")
+        tic = time.perf_counter()
         for lw in self._layers.values():
             lw.finish()
         for tw in self._tracks.values():
             tw.finish()
+        self.timings["finish_inputs"] = time.perf_counter() - tic
         has_tokens = self._tokens is not None
         if self._tokens is not None:
             self._tokens.close()
@@ -937,6 +1068,8 @@ class DatasetWriter:
             sizes[f"layers/{n}/states"] = _dir_size(lw.dir / "states")
             sizes[f"layers/{n}/values.bin"] = _dir_size(lw.dir / "values.bin")
             sizes[f"layers/{n}/planes.bin"] = _dir_size(lw.dir / "planes.bin")
+            sizes[f"layers/{n}/rows.bin"] = _dir_size(lw.dir / "rows.bin")
+            sizes[f"layers/{n}/intervals"] = _dir_size(lw.dir / "intervals")
         for part in ("index.duckdb", "sequences.parquet", "tokens.parquet", "vocab.parquet"):
             if (self.staging / part).exists():
                 sizes[part] = _dir_size(self.staging / part)
@@ -958,7 +1091,9 @@ class DatasetWriter:
             provenance=self.provenance,
         )
         (self.staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+        tic = time.perf_counter()
         _fsync_tree(self.staging)
+        self.timings["fsync"] = time.perf_counter() - tic
         final = self.data_root / "datasets" / self.id
         os.rename(self.staging, final)
         _fsync_path(self.data_root / "datasets")
@@ -999,29 +1134,33 @@ class DatasetWriter:
     # -- the index
 
     def _build_index(self) -> list[LayerInfo]:
+        """Planes, rows, interval Parquet files and statistics of every layer; then
+        ``index.duckdb`` with the native tables and the ``on_intervals`` view."""
+        if len(self._layers) > 255:
+            raise InvalidData("at most 255 layers per dataset")
+        infos: list[LayerInfo] = []
+        stats_tables: list[pa.Table] = []
+        frac_tables: list[pa.Table] = []
+        for lw in self._layers.values():
+            info, st_tab, fr_tab = self._index_layer(lw)
+            infos.append(info)
+            stats_tables.append(st_tab)
+            if fr_tab is not None:
+                frac_tables.append(fr_tab)
+        tic = time.perf_counter()
         path = self.staging / "index.duckdb"
-        config: dict[str, Any] = {}
+        config: dict[str, Any] = {"memory_limit": DUCKDB_MEMORY_LIMIT}
         if self.duckdb_threads is not None:
             config["threads"] = self.duckdb_threads
         con = duckdb.connect(str(path), config=config)
-        wide = self.n_steps >= 2**32
-        pos_type = "UBIGINT" if wide else "UINTEGER"
         try:
+            # the view's paths are relative to the dataset directory (it is renamed at
+            # publication); every reader sets the same search path (reader.Dataset.connect)
+            con.execute(f"SET file_search_path = {_sql_str(str(self.staging))}")
             con.execute("BEGIN")
             con.execute("CREATE TABLE layers (layer_id UTINYINT PRIMARY KEY, name VARCHAR)")
             con.execute(
-                "CREATE TABLE layer_thresholds (layer_id UTINYINT, g UTINYINT, threshold DOUBLE)"
-            )
-            con.execute(
-                "CREATE TABLE on_intervals_data (layer_id UTINYINT, g UTINYINT, cell UINTEGER, "
-                f"start {pos_type}, len {pos_type})"
-            )
-            con.execute(
-                "CREATE VIEW on_intervals AS SELECT l.name AS layer, t.threshold, "
-                "CAST(d.cell AS INTEGER) AS cell, CAST(d.start AS BIGINT) AS start, "
-                'CAST(d.start + d.len AS BIGINT) AS "end" FROM on_intervals_data d '
-                "JOIN layer_thresholds t ON d.layer_id = t.layer_id AND d.g = t.g "
-                "JOIN layers l ON d.layer_id = l.layer_id"
+                "CREATE TABLE layer_thresholds (layer_id UTINYINT, g SMALLINT, threshold DOUBLE)"
             )
             qcols = ", ".join(f"{q} DOUBLE" for q in QUANTILE_COLUMNS)
             con.execute(
@@ -1032,20 +1171,36 @@ class DatasetWriter:
                 "CREATE TABLE cell_on_fraction (layer VARCHAR, threshold DOUBLE, cell INTEGER, "
                 "fraction DOUBLE)"
             )
-            if len(self._layers) > 255:
-                raise InvalidData("at most 255 layers per dataset")
-            infos = []
-            for layer_id, lw in enumerate(self._layers.values()):
-                infos.append(self._index_layer(con, layer_id, lw, wide))
+            selects = []
+            for layer_id, info in enumerate(infos):
+                con.execute("INSERT INTO layers VALUES (?, ?)", [layer_id, info.name])
+                for g, theta in enumerate(info.thresholds):
+                    con.execute(
+                        "INSERT INTO layer_thresholds VALUES (?, ?, ?)", [layer_id, g, theta]
+                    )
+                selects.append(
+                    f"SELECT {_sql_str(info.name)} AS layer, t.threshold, "
+                    "CAST(i.cell AS INTEGER) AS cell, CAST(i.start AS BIGINT) AS start, "
+                    'CAST(i."end" AS BIGINT) AS "end" '
+                    f"FROM read_parquet({_sql_str(interval_glob(info.name))}) i "
+                    f"JOIN layer_thresholds t ON t.layer_id = {layer_id} "
+                    "AND t.g = i.threshold_index"
+                )
+            con.execute("CREATE VIEW on_intervals AS " + " UNION ALL ".join(selects))
+            for tab, table in [("cell_stats", t) for t in stats_tables] + [
+                ("cell_on_fraction", t) for t in frac_tables
+            ]:
+                con.register("src", table)
+                con.execute(f"INSERT INTO {tab} SELECT * FROM src")
+                con.unregister("src")
             con.execute("COMMIT")
             con.execute("CHECKPOINT")
         finally:
             con.close()
+        self.timings["duckdb"] = time.perf_counter() - tic
         return infos
 
-    def _index_layer(
-        self, con: duckdb.DuckDBPyConnection, layer_id: int, lw: LayerWriter, wide: bool
-    ) -> LayerInfo:
+    def _index_layer(self, lw: LayerWriter) -> tuple[LayerInfo, pa.Table, pa.Table | None]:
         info = lw.info
         T, D = self.n_steps, info.n_cells
         finite = lw.cmin <= lw.cmax
@@ -1060,61 +1215,73 @@ class DatasetWriter:
             grid = default_grid(vmin, vmax) if vmin is not None and vmax is not None else []
         G = len(grid)
         W = bits.n_words(T)
+        Dw = bits.n_words(D)
+        K = ((T - 1) >> INTERVAL_CHUNK_LOG2) + 1
         vdt = values_dtype(info.dtype, info.transform)
         values_map = np.memmap(lw.dir / "values.bin", dtype=vdt, mode="r", shape=(D, T))
-        values = np.asarray(values_map)  # a plain ndarray view: what numba accepts
+        values = values_map.view(np.ndarray)  # a plain ndarray view: what numba accepts
         planes_path = lw.dir / "planes.bin"
+        rows_path = lw.dir / "rows.bin"
+        planes_map: np.memmap[Any, np.dtype[np.uint64]] | None = None
+        rows_map: np.memmap[Any, np.dtype[np.uint64]] | None = None
         if G:
             planes_map = np.memmap(planes_path, dtype=np.uint64, mode="w+", shape=(G, D, W))
-            planes = np.asarray(planes_map)
+            rows_map = np.memmap(rows_path, dtype=np.uint64, mode="w+", shape=(G, T, Dw))
+            planes = planes_map.view(np.ndarray)
+            rows = rows_map.view(np.ndarray)
         else:
             planes_path.touch()  # (0, D, W): an empty file
-            planes_map = None
+            rows_path.touch()  # (0, T, Dw)
             planes = np.zeros((0, D, 0), np.uint64)
-        con.execute("INSERT INTO layers VALUES (?, ?)", [layer_id, info.name])
-        for g, theta in enumerate(grid):
-            con.execute("INSERT INTO layer_thresholds VALUES (?, ?, ?)", [layer_id, g, theta])
+            rows = np.zeros((0, 0, Dw), np.uint64)
 
         lo = vmin if vmin is not None else 0.0
         hi = vmax if vmax is not None else 0.0
         scale = HIST_BINS / (hi - lo) if hi > lo else 0.0
         hist = np.zeros((D, HIST_BINS), np.int64)
         ons = np.zeros((max(G, 1), D), np.int64)
-        carry = np.zeros((max(G, 1), D), np.uint64)
-        open_start = np.zeros((max(G, 1), D), np.int64)
+        counts = np.zeros((max(G, 1), D, K), np.int64)
         thetas = np.asarray(grid, np.float64)
         keys = np.asarray([bits.f16_key_threshold(t) for t in grid], np.int64)
         lut = _f16_lut()
-        block = max(64, (_BLOCK_VALUES // D) >> 6 << 6)
-        inserter = _IntervalInserter(con, layer_id, wide)
-        try:
-            for b0 in range(0, T, block):
-                b1 = min(T, b0 + block)
-                last = b1 == T
-                bm = self._boundary_words(b0, b1)
-                ends = np.zeros((max(G, 1), D), np.int64)
-                if G == 0:
-                    # no planes: only the histogram
-                    for c in range(D):
-                        col = values[c, b0:b1]
-                        colf = lut[col.view(np.uint16)] if vdt == np.float16 else col
-                        _hist_col(colf, lo, scale, hist[c])
-                    continue
-                if vdt == np.float16:
-                    _pass1_f16(
-                        values.view(np.uint16), b0, b1, keys, lut, bm, carry, planes, ends, ons,
-                        lo, scale, hist, last,
-                    )  # fmt: skip
-                else:
-                    _pass1_f32(
-                        values, b0, b1, thetas, bm, carry, planes, ends, ons, lo, scale, hist, last
-                    )
-                self._emit_intervals(inserter, planes, bm, b0, b1, last, ends, carry, open_start)
-        finally:
-            inserter.close()
+        # a power of two between 64 steps and one interval chunk
+        target = max(64, _BLOCK_VALUES // D)
+        block = min(1 << INTERVAL_CHUNK_LOG2, 1 << (target.bit_length() - 1))
+        tic = time.perf_counter()
+        t_rows = 0.0
+        for b0 in range(0, T, block):
+            b1 = min(T, b0 + block)
+            if G == 0:
+                # no planes: only the histogram
+                for c in range(D):
+                    col = values[c, b0:b1]
+                    colf = lut[col.view(np.uint16)] if vdt == np.float16 else col
+                    _hist_col(colf, lo, scale, hist[c])
+                continue
+            bm = self._boundary_words(b0, b1)
+            kchunk = b0 >> INTERVAL_CHUNK_LOG2
+            if vdt == np.float16:
+                _pass1_f16(
+                    values.view(np.uint16), b0, b1, kchunk, keys, lut, bm, planes, counts, ons,
+                    lo, scale, hist,
+                )  # fmt: skip
+            else:
+                _pass1_f32(values, b0, b1, kchunk, thetas, bm, planes, counts, ons, lo, scale, hist)
+            tr = time.perf_counter()
+            _rows_from_planes(planes, rows, b0 >> 6, bits.n_words(b1), T)
+            t_rows += time.perf_counter() - tr
+        t_planes = time.perf_counter() - tic - t_rows
+        self.timings["planes"] = self.timings.get("planes", 0.0) + t_planes
+        self.timings["rows"] = self.timings.get("rows", 0.0) + t_rows
+        del values, values_map
+        tic = time.perf_counter()
+        self._write_intervals(lw, planes, counts[:G])
+        self.timings["intervals"] = self.timings.get("intervals", 0.0) + time.perf_counter() - tic
         if planes_map is not None:
             planes_map.flush()
-        del planes, planes_map, values, values_map
+        if rows_map is not None:
+            rows_map.flush()
+        del planes, planes_map, rows, rows_map
 
         # per-cell statistics
         cell_min = np.where(finite, lw.cmin, np.nan).astype(np.float64)
@@ -1122,7 +1289,7 @@ class DatasetWriter:
         with np.errstate(invalid="ignore", divide="ignore"):
             cell_mean = np.where(n_valid > 0, lw.csum / np.maximum(n_valid, 1), np.nan)
         qs = _hist_quantiles(hist, lo, scale, cell_min, cell_max)
-        stats = {
+        stats: dict[str, Any] = {
             "layer": pa.array([info.name] * D, pa.string()),
             "cell": pa.array(np.arange(D, dtype=np.int32)),
             "min": cell_min,
@@ -1132,9 +1299,7 @@ class DatasetWriter:
         }
         for qi, qc in enumerate(QUANTILE_COLUMNS):
             stats[qc] = qs[:, qi]
-        con.register("stats_src", pa.table(stats))
-        con.execute("INSERT INTO cell_stats SELECT * FROM stats_src")
-        con.unregister("stats_src")
+        frac = None
         if G:
             frac = pa.table(
                 {
@@ -1144,10 +1309,7 @@ class DatasetWriter:
                     "fraction": (ons[:G] / T).reshape(-1),
                 }
             )
-            con.register("frac_src", frac)
-            con.execute("INSERT INTO cell_on_fraction SELECT * FROM frac_src")
-            con.unregister("frac_src")
-        return info.model_copy(
+        new_info = info.model_copy(
             update={
                 "thresholds": grid,
                 "value_min": vmin,
@@ -1156,6 +1318,7 @@ class DatasetWriter:
                 "nan_count": nan_count,
             }
         )
+        return new_info, pa.table(stats), frac
 
     def _boundary_words(self, b0: int, b1: int) -> npt.NDArray[np.uint64]:
         """Bit ``t`` set where a sequence (other than the first) starts, for steps [b0, b1)."""
@@ -1169,45 +1332,56 @@ class DatasetWriter:
             )
         return bm
 
-    def _emit_intervals(
-        self,
-        inserter: _IntervalInserter,
-        planes: npt.NDArray[np.uint64],
-        bm: npt.NDArray[np.uint64],
-        b0: int,
-        b1: int,
-        last: bool,
-        ends: npt.NDArray[np.int64],
-        carry: npt.NDArray[np.uint64],
-        open_start: npt.NDArray[np.int64],
+    def _write_intervals(
+        self, lw: LayerWriter, planes: npt.NDArray[np.uint64], counts: npt.NDArray[np.int64]
     ) -> None:
-        G, D = planes.shape[0], planes.shape[1]
-        per_cell = ends[:G].sum(axis=0)
-        c0 = 0
-        while c0 < D:
-            # a group of cells whose intervals fit one batch (at least one cell)
-            c1 = c0 + 1
-            total = int(per_cell[c0])
-            while c1 < D and total + per_cell[c1] <= _INTERVAL_BATCH:
-                total += int(per_cell[c1])
-                c1 += 1
-            counts = ends[:G, c0:c1]
-            # rows in (g, cell) order within the block
-            flat_off = np.zeros(counts.size, np.int64)
-            np.cumsum(counts.reshape(-1)[:-1], out=flat_off[1:])
-            offsets = flat_off.reshape(counts.shape)
-            pos = np.uint64 if inserter.wide else np.uint32
-            out_g = np.empty(total, np.uint8)
-            out_cell = np.empty(total, np.uint32)
-            out_start = np.empty(total, pos)
-            out_len = np.empty(total, pos)
-            _pass2_intervals(
-                planes, bm, b0, b1, self.n_steps, last, c0, c1, offsets, carry, open_start,
-                out_g, out_cell, out_start, out_len,
-            )  # fmt: skip
-            if total:
-                inserter.put(out_g, out_cell, out_start, out_len)
-            c0 = c1
+        """Extract the on-intervals of all (threshold, cell, chunk) units in batches of about
+        ``_INTERVAL_BATCH`` rows, in (threshold, cell, start) order, and hand each batch to the
+        Parquet thread (``_IntervalWriter``)."""
+        T = self.n_steps
+        wide = T >= 2**32
+        pos_dt = np.int64 if wide else np.uint32
+        iw = _IntervalWriter(lw.dir / "intervals", wide)
+        try:
+            G = counts.shape[0]
+            flat = counts.reshape(-1)
+            nz = np.flatnonzero(flat)
+            if G and nz.size:
+                shape = counts.shape
+                ug, uc, uk = (x.astype(np.int64) for x in np.unravel_index(nz, shape))
+                cnt = flat[nz]
+                excl = np.cumsum(cnt) - cnt
+                batch = excl // _INTERVAL_BATCH
+                cuts = np.concatenate([[0], np.flatnonzero(np.diff(batch)) + 1, [nz.size]])
+                seq = self._starts[1:].astype(np.int64)
+                chunk_words = 1 << (INTERVAL_CHUNK_LOG2 - 6)
+                for a, b in itertools.pairwise(cuts.tolist()):
+                    off = excl[a:b] - excl[a]
+                    total = int(off[-1] + cnt[b - 1])
+                    out_g = np.empty(total, np.int16)
+                    out_cell = np.empty(total, np.int32)
+                    out_start = np.empty(total, pos_dt)
+                    out_end = np.empty(total, pos_dt)
+                    emitted = np.empty(b - a, np.int64)
+                    _emit_units(
+                        planes, seq, T, chunk_words, ug[a:b], uc[a:b], uk[a:b], off,
+                        out_g, out_cell, out_start, out_end, emitted,
+                    )  # fmt: skip
+                    if not np.array_equal(emitted, cnt[a:b]):  # pragma: no cover - a bug
+                        raise AssertionError("interval extraction disagrees with the plane pass")
+                    iw.put(out_g, out_cell, out_start, out_end)
+        finally:
+            iw.close()
+        self.timings["intervals_wait"] = self.timings.get("intervals_wait", 0.0) + iw.waited
+
+
+def interval_glob(layer: str) -> str:
+    """The interval files of a layer, relative to the dataset directory."""
+    return f"layers/{layer}/intervals/part-*.parquet"
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
 
 
 def _hist_quantiles(
@@ -1240,50 +1414,85 @@ def _hist_quantiles(
     return out
 
 
-class _IntervalInserter:
-    """Inserts interval batches into DuckDB from a background thread, so the next block's
-    kernels run meanwhile (DuckDB and numba both release the GIL). The queue holds at most two
-    batches, which bounds memory."""
+class _IntervalWriter:
+    """Writes interval batches to Parquet part files from a background thread, so the next
+    batch's extraction runs meanwhile (pyarrow and numba release the GIL). The queue holds at
+    most two batches, which bounds memory. Every layer gets at least one (maybe empty) file, so
+    the view's glob always matches."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, layer_id: int, wide: bool) -> None:
-        self.con = con
-        self.layer_id = layer_id
-        self.wide = wide
+    def __init__(self, directory: Path, wide: bool) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        pos = pa.int64() if wide else pa.uint32()
+        self.schema = pa.schema(
+            [
+                pa.field("threshold_index", pa.int16(), False),
+                pa.field("cell", pa.int32(), False),
+                pa.field("start", pos, False),
+                pa.field("end", pos, False),
+            ]
+        )
         self._q: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="duckdb-intervals", daemon=True)
+        self._writer: pq.ParquetWriter | None = None
+        self._n_files = 0
+        self._rows_in_file = 0
+        self.waited = 0.0
+        self._thread = threading.Thread(target=self._run, name="parquet-intervals", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        # The same connection (not a cursor, which would be a second connection outside the
-        # open transaction); the caller does not use it until close().
-        cur = self.con
-        try:
-            while True:
-                item = self._q.get()
-                if item is None:
-                    return
-                if self._error is not None:
-                    continue
-                try:
-                    cur.register("iv_src", item)
-                    cur.execute(
-                        f"INSERT INTO on_intervals_data SELECT {self.layer_id}, g, cell, start, "
-                        "len FROM iv_src"
-                    )
-                    cur.unregister("iv_src")
-                except BaseException as e:
-                    self._error = e
-        finally:
-            pass
+    def _open(self) -> pq.ParquetWriter:
+        w = pq.ParquetWriter(
+            self.dir / f"part-{self._n_files:05d}.parquet",
+            self.schema,
+            compression="none",
+            use_dictionary=False,
+            column_encoding=dict.fromkeys(INTERVAL_COLUMNS, "DELTA_BINARY_PACKED"),
+            write_statistics=["threshold_index", "cell", "start"],
+        )
+        self._n_files += 1
+        self._rows_in_file = 0
+        return w
 
-    def put(self, g: Any, cell: Any, start: Any, length: Any) -> None:
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                if self._writer is None or self._rows_in_file >= _INTERVAL_PART_ROWS:
+                    if self._writer is not None:
+                        self._writer.close()
+                    self._writer = self._open()
+                self._writer.write_table(item, INTERVAL_ROW_GROUP)
+                self._rows_in_file += item.num_rows
+            except BaseException as e:
+                self._error = e
+
+    def put(self, g: Any, cell: Any, start: Any, end: Any) -> None:
         if self._error is not None:
             raise self._error
-        self._q.put(pa.table({"g": g, "cell": cell, "start": start, "len": length}))
+        t = pa.table({"threshold_index": g, "cell": cell, "start": start, "end": end})
+        tic = time.perf_counter()
+        self._q.put(t.cast(self.schema))
+        self.waited += time.perf_counter() - tic
 
     def close(self) -> None:
+        tic = time.perf_counter()
         self._q.put(None)
         self._thread.join()
+        self.waited += time.perf_counter() - tic
+        if self._error is None:
+            try:
+                if self._writer is None:
+                    self._writer = self._open()  # an empty file: the glob must match
+                self._writer.close()
+            except BaseException as e:
+                self._error = e
+        elif self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
         if self._error is not None:
             raise self._error

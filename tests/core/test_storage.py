@@ -354,3 +354,167 @@ def test_reader_errors(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         open_dataset(tmp_path / "nowhere")
     assert os.path.islink(tmp_path / "names" / "r")
+
+
+def brute_rows(v: np.ndarray, theta: float) -> np.ndarray:
+    """(T, Dw) uint64: bit c & 63 of word c >> 6 of row t is v[t, c] >= theta."""
+    T, D = v.shape
+    on = v.astype(np.float64) >= theta
+    Dw = (D + 63) // 64
+    padded = np.zeros((T, Dw * 64), bool)
+    padded[:, :D] = on
+    weights = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
+    return (padded.reshape(T, Dw, 64).astype(np.uint64) * weights).sum(axis=2, dtype=np.uint64)
+
+
+@pytest.mark.parametrize("D", [1, 63, 64, 65, 130])
+@pytest.mark.parametrize(
+    ("dtype", "transform"),
+    [("float32", "tanh"), ("float32", "none"), ("float16", "none"), ("float16", "tanh")],
+)
+def test_rows_equal_brute_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, transform: str, D: int
+) -> None:
+    import hiddenscope_core.writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "_BLOCK_VALUES", 64 * 64)  # several index blocks
+    T = 1000 + D  # not a multiple of 64
+    x = make_states(T, D, seed=D, nan_frac=0.05)
+    grid = [-0.4, 0.0, 0.3] if transform == "none" else None
+    write_dataset(tmp_path, "rows", x, dtype=dtype, transform=transform, thresholds=grid)
+    ds = Catalog(tmp_path).get("rows")
+    v = transform_values(x.astype(dtype), transform).astype(np.float32)  # type: ignore[arg-type]
+    rows = ds.rows("l1")
+    thetas = ds.thresholds("l1")
+    assert rows.shape == (len(thetas), T, (D + 63) // 64)
+    assert not rows.flags.writeable
+    for g, theta in enumerate(thetas):
+        assert np.array_equal(np.asarray(rows[g]), brute_rows(v, theta)), (g, theta)
+
+
+def test_empty_grid_has_empty_rows_and_intervals(tmp_path: Path) -> None:
+    x = make_states(200, 3, seed=9)
+    write_dataset(tmp_path, "e", x, transform="none", thresholds=[])
+    ds = Catalog(tmp_path).get("e")
+    assert ds.rows("l1").shape == (0, 200, 1)
+    assert ds.planes("l1").shape[0] == 0
+    con = ds.connect()
+    try:
+        row = con.execute("SELECT count(*) FROM on_intervals").fetchone()
+    finally:
+        con.close()
+    assert row == (0,)
+
+
+def test_tanh_is_float32_numpy() -> None:
+    from hiddenscope_core.transforms import tanh_f16_table
+
+    # the float16 table is exactly np.tanh of the float32 value of every bit pattern
+    f16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    expect = np.tanh(f16.astype(np.float32))
+    assert np.array_equal(tanh_f16_table(), expect, equal_nan=True)
+    assert np.array_equal(transform_values(f16, "tanh"), expect, equal_nan=True)
+    assert transform_values(f16.reshape(256, 256), "tanh").shape == (256, 256)
+    # float32: np.tanh in float32, independent of chunking, slicing and strides
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1000, 37)) * 3).astype(np.float32)
+    full = transform_values(x, "tanh")
+    assert full.dtype == np.float32
+    assert np.array_equal(full, np.tanh(x))
+    assert np.array_equal(transform_values(x[3:500:7, ::3], "tanh"), full[3:500:7, ::3])
+    assert np.array_equal(transform_values(x[:, [5, 1]], "tanh"), full[:, [5, 1]])
+    assert all(
+        transform_values(x[i : i + 1], "tanh")[0, 4] == full[i, 4] for i in range(0, 1000, 97)
+    )
+    # float16 through float32 and through the table agree
+    h = x.astype(np.float16)
+    assert np.array_equal(transform_values(h, "tanh"), np.tanh(h.astype(np.float32)))
+
+
+def test_states_parquet_layout(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = make_states(3000, 5, seed=7)
+    for dtype in ("float32", "float16"):
+        root = tmp_path / dtype
+        write_dataset(root, "st", x, dtype=dtype, transform="none")
+        ds = Catalog(root).get("st")
+        f = pq.ParquetFile(ds.path / "layers" / "l1" / "states" / "part-00000.parquet")
+        item = np.dtype(dtype).itemsize
+        assert f.schema_arrow.field("v").type == pa.binary(5 * item)
+        meta = f.schema_arrow.metadata
+        assert meta[b"hiddenscope.dtype"] == dtype.encode()
+        assert meta[b"hiddenscope.n_cells"] == b"5"
+        md = f.metadata
+        assert md.num_row_groups == 3
+        assert md.row_group(0).num_rows == 1024
+        assert md.row_group(0).column(0).compression == "UNCOMPRESSED"
+        raw = np.frombuffer(
+            f.read().column(0).chunk(0).buffers()[1], dtype=np.dtype(dtype).newbyteorder("<")
+        )
+        xs = x.astype(dtype)
+        assert np.array_equal(raw.reshape(3000, 5)[:1024], xs[:1024], equal_nan=True)
+        for a, b in [(0, 3000), (1000, 1100), (1023, 1025), (2999, 3000)]:
+            assert np.array_equal(ds.window("l1", a, b), xs[a:b].astype(np.float32), equal_nan=True)
+
+
+def _view_in_child(path: str, q: mp.Queue[object]) -> None:
+    ds = open_dataset(path)
+    con = ds.connect()
+    try:
+        rows = con.execute(
+            'SELECT layer, threshold, cell, start, "end" FROM on_intervals '
+            "ORDER BY layer, threshold, cell, start"
+        ).fetchall()
+    finally:
+        con.close()
+    q.put(rows)
+
+
+def test_on_intervals_view_after_publication(tmp_path: Path) -> None:
+    T = 700
+    x = make_states(T, 3, seed=11)
+    starts = [0, 100, 101, 640]
+    w = DatasetWriter.create(tmp_path, "view", n_steps=T)
+    w.set_sequences(starts)
+    for name, transform in (("a", "tanh"), ("b", "none")):
+        lw = w.add_layer(name, n_cells=3, transform=transform, thresholds=[0.0, 0.3])  # type: ignore[arg-type]
+        for s in range(0, T, 300):
+            lw.write(x[s : s + 300])
+    m = w.publish()
+    # the staging directory is gone: the view resolves its relative paths in the published one
+    assert not (tmp_path / "staging" / m.id).exists()
+    expected = []
+    for name, transform in (("a", "tanh"), ("b", "none")):
+        v = transform_values(x, transform).astype(np.float64)  # type: ignore[arg-type]
+        for theta in (0.0, 0.3):
+            for c in range(3):
+                for s, e in brute_intervals(v[:, c] >= theta, starts):
+                    expected.append((name, theta, c, s, e))
+    path = str(tmp_path / "names" / "view")  # through the name link
+    ctx = mp.get_context("spawn")
+    q: mp.Queue[object] = ctx.Queue()
+    p = ctx.Process(target=_view_in_child, args=(path, q))
+    p.start()
+    got = q.get(timeout=120)
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    assert got == expected
+    # the index holds no absolute path
+    ds = open_dataset(path)
+    con = ds.connect()
+    try:
+        (sql,) = con.execute(
+            "SELECT sql FROM duckdb_views() WHERE view_name = 'on_intervals'"
+        ).fetchone() or ("",)
+        typ = con.execute(
+            'SELECT typeof(start), typeof("end") FROM on_intervals LIMIT 1'
+        ).fetchone()
+    finally:
+        con.close()
+    assert str(tmp_path) not in sql
+    assert "layers/a/intervals/" in sql
+    assert typ == ("BIGINT", "BIGINT")
+    files = sorted((ds.path / "layers" / "a" / "intervals").iterdir())
+    assert [f.name for f in files] == ["part-00000.parquet"]
