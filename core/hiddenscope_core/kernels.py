@@ -149,10 +149,48 @@ def s2_mask(
 
 
 @nb.njit(cache=True, nogil=True)
+def _any_on(rows: np.ndarray, s: int, e: int, out: np.ndarray) -> None:
+    """``out`` := the cells on at some step of ``[s, e)``."""
+    for j in range(out.shape[0]):
+        out[j] = np.uint64(0)
+    for t in range(s, e):
+        for j in range(out.shape[0]):
+            out[j] |= rows[t, j]
+
+
+@nb.njit(cache=True, nogil=True)
+def _value_check(
+    mode: int,
+    vals32: np.ndarray,
+    vals16: np.ndarray,
+    theta: float,
+    key16: int,
+    c: int,
+    s: int,
+    e: int,
+    l0: int,
+    r1: int,
+    run_known: bool,
+    ext_known: bool,
+) -> bool:
+    """Cell ``c`` in S2, reading only the parts that the grid planes left undecided."""
+    if not run_known and not _cell_in_s2_values(mode, vals32, vals16, theta, key16, c, s, e, s, e):
+        return False
+    if ext_known:
+        return True
+    # off over [l0, s) and over [e, r1), each as an empty run with one off-extent
+    if not _cell_in_s2_values(mode, vals32, vals16, theta, key16, c, s, s, l0, s):
+        return False
+    return _cell_in_s2_values(mode, vals32, vals16, theta, key16, c, e, e, e, r1)
+
+
+@nb.njit(cache=True, nogil=True)
 def score_from_values(
     mode: int,
-    rows: np.ndarray,
-    have_rows: bool,
+    rows_lo: np.ndarray,
+    have_lo: bool,
+    rows_hi: np.ndarray,
+    have_hi: bool,
     vals32: np.ndarray,
     vals16: np.ndarray,
     theta: float,
@@ -165,47 +203,105 @@ def score_from_values(
     r1: int,
     need: int,
     extra_cap: int,
-    acc: np.ndarray,
+    scratch: np.ndarray,
 ) -> tuple[int, int, bool]:
-    """``(|S1 ∩ S2|, |S2 \\ S1|, complete)`` of a run at an off-grid threshold.
+    """``(|S1 ∩ S2|, |S2 \\ S1|, complete)`` of a run at a threshold θ off the grid.
 
-    ``rows`` (if ``have_rows``) are the row-major planes of the nearest lower grid threshold: a
-    cell on at θ is on at any lower threshold, so only the cells on throughout there are
-    checked against the values. The S1 cells are checked first; the count stops (``complete``
-    False) once the intersection cannot reach ``need`` or the extra cells exceed ``extra_cap``.
+    ``rows_lo``/``rows_hi`` (when present) are the row-major planes of the grid thresholds just
+    below and above θ. A cell on at θ is on at the lower one, a cell on at the upper one is on
+    at θ, so the planes decide most cells: on throughout above ⇒ on throughout at θ; off
+    throughout below ⇒ off at θ. The values are read only for what stays undecided. The S1
+    cells are counted first; the count stops (``complete`` False) once the intersection cannot
+    reach ``need`` or the extra cells exceed ``extra_cap``.
     """
-    dw = acc.shape[0]
-    if have_rows:
-        _on_throughout(rows, s, e, acc)
+    dw = s1mask.shape[0]
+    lo_run = scratch[0]
+    lo_ext = scratch[1]
+    hi_run = scratch[2]
+    hi_ext = scratch[3]
+    if have_lo:
+        _on_throughout(rows_lo, s, e, lo_run)
+        _any_on(rows_lo, l0, s, lo_ext)
+        for t in range(e, r1):
+            for j in range(dw):
+                lo_ext[j] |= rows_lo[t, j]
     else:
         for j in range(dw):
-            acc[j] = ALL
+            lo_run[j] = ALL
+            lo_ext[j] = ALL
         rem = n_cells & 63
         if rem:
-            acc[dw - 1] = _mask_below(rem)
+            lo_run[dw - 1] = _mask_below(rem)
+    if have_hi:
+        _on_throughout(rows_hi, s, e, hi_run)
+        _any_on(rows_hi, l0, s, hi_ext)
+        for t in range(e, r1):
+            for j in range(dw):
+                hi_ext[j] |= rows_hi[t, j]
+    else:
+        for j in range(dw):
+            hi_run[j] = np.uint64(0)
+            hi_ext[j] = np.uint64(0)
+    inter = 0
     left = 0
     for j in range(dw):
-        left += int(popcount64(acc[j] & s1mask[j]))
-    inter = 0
+        sure = hi_run[j] & ~lo_ext[j]
+        inter += int(popcount64(sure & s1mask[j]))
+        left += int(popcount64(lo_run[j] & ~hi_ext[j] & ~sure & s1mask[j]))
     for j in range(dw):
-        x = acc[j] & s1mask[j]
+        sure = hi_run[j] & ~lo_ext[j]
+        x = lo_run[j] & ~hi_ext[j] & ~sure & s1mask[j]
         while x != np.uint64(0):
             if inter + left < need:
                 return inter, 0, False
             b = int(ctz64(x))
+            bit = np.uint64(1) << np.uint64(b)
             x &= x - np.uint64(1)
             left -= 1
-            if _cell_in_s2_values(mode, vals32, vals16, theta, key16, (j << 6) + b, s, e, l0, r1):
+            if _value_check(
+                mode,
+                vals32,
+                vals16,
+                theta,
+                key16,
+                (j << 6) + b,
+                s,
+                e,
+                l0,
+                r1,
+                (hi_run[j] & bit) != np.uint64(0),
+                (lo_ext[j] & bit) == np.uint64(0),
+            ):
                 inter += 1
     if inter < need:
         return inter, 0, False
     extra = 0
     for j in range(dw):
-        x = acc[j] & ~s1mask[j]
+        sure = hi_run[j] & ~lo_ext[j] & ~s1mask[j]
+        extra += int(popcount64(sure))
+    if extra > extra_cap:
+        return inter, extra, False
+    for j in range(dw):
+        sure = hi_run[j] & ~lo_ext[j]
+        x = lo_run[j] & ~hi_ext[j] & ~sure & ~s1mask[j]
         while x != np.uint64(0):
             b = int(ctz64(x))
+            bit = np.uint64(1) << np.uint64(b)
             x &= x - np.uint64(1)
-            if _cell_in_s2_values(mode, vals32, vals16, theta, key16, (j << 6) + b, s, e, l0, r1):
+            if _value_check(
+                mode,
+                vals32,
+                vals16,
+                theta,
+                key16,
+                (j << 6) + b,
+                s,
+                e,
+                l0,
+                r1,
+                (hi_run[j] & bit) != np.uint64(0),
+                (lo_ext[j] & bit) == np.uint64(0),
+            ):
                 extra += 1
                 if extra > extra_cap:
                     return inter, extra, False
@@ -342,6 +438,8 @@ def match_kernel(
     mode: int,
     rows: np.ndarray,
     have_rows: bool,
+    rows_hi: np.ndarray,
+    have_hi: bool,
     vals32: np.ndarray,
     vals16: np.ndarray,
     theta: float,
@@ -390,6 +488,7 @@ def match_kernel(
     cur = np.zeros(nw, dtype=np.uint64)
     above = np.zeros(nw, dtype=np.uint64)  # M_{m+1}
     acc = np.zeros(s1mask.shape[0], dtype=np.uint64)
+    scratch = np.zeros((4, s1mask.shape[0]), dtype=np.uint64)
     H = np.zeros((top_k, 5), dtype=np.int64)
     size = 0
     n_cand = 0
@@ -477,6 +576,8 @@ def match_kernel(
                                     mode,
                                     rows,
                                     have_rows,
+                                    rows_hi,
+                                    have_hi,
                                     vals32,
                                     vals16,
                                     theta,
@@ -489,7 +590,7 @@ def match_kernel(
                                     r1,
                                     need,
                                     cap,
-                                    acc,
+                                    scratch,
                                 )
                             if want_stats and inter == n1:
                                 if hist_cap >= L:

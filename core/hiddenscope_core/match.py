@@ -56,7 +56,7 @@ class MatchSource(Protocol):
 
     def sequence_names(self) -> Sequence[str]: ...
 
-    def thresholds(self, layer: str) -> npt.NDArray[np.float64]: ...
+    def thresholds(self, layer: str) -> Sequence[float]: ...
 
     def values(self, layer: str) -> npt.NDArray[Any]: ...
 
@@ -79,6 +79,8 @@ class _Context:
     planes: npt.NDArray[np.uint64]  # (D, W) column-major planes of the grid threshold, or a dummy
     rows: npt.NDArray[np.uint64]  # (T, Dw) row-major planes: of θ, or of the grid below θ
     have_rows: bool
+    rows_hi: npt.NDArray[np.uint64]  # (T, Dw) row-major planes of the grid above θ (off-grid)
+    have_hi: bool
     vals32: npt.NDArray[np.float32]  # (D, T) or a dummy
     vals16: npt.NDArray[np.uint16]  # (D, T) float16 bit patterns, or a dummy
     values: npt.NDArray[Any]  # (D, T) transformed values
@@ -123,17 +125,22 @@ def prepare(ds: MatchSource, query: MatchQuery) -> _Context:
     grid = np.asarray(ds.thresholds(layer.name), dtype=np.float64)
     hit = np.flatnonzero(grid == theta)
     below = np.flatnonzero(grid < theta)
+    above = np.flatnonzero(grid > theta)
     values = ds.values(layer.name)
     dummy_u64 = np.zeros((1, 1), dtype=np.uint64)
     dummy_f32 = np.zeros((1, 1), dtype=np.float32)
     dummy_u16 = np.zeros((1, 1), dtype=np.uint16)
     key16 = 0
     rows, have_rows = dummy_u64, False
+    rows_hi, have_hi = dummy_u64, False
     if hit.size:
         rows, have_rows = _plain(ds.rows(layer.name)[int(hit[0])]), True
-    elif below.size:
-        # the nearest lower grid threshold narrows S2 down before the values decide it
-        rows, have_rows = _plain(ds.rows(layer.name)[int(below[-1])]), True
+    else:
+        # the grid thresholds around θ decide most of S2 before the values are read
+        if below.size:
+            rows, have_rows = _plain(ds.rows(layer.name)[int(below[-1])]), True
+        if above.size:
+            rows_hi, have_hi = _plain(ds.rows(layer.name)[int(above[0])]), True
     if hit.size:
         mode = MODE_PLANES
         planes = _plain(ds.planes(layer.name)[int(hit[0])])
@@ -158,6 +165,8 @@ def prepare(ds: MatchSource, query: MatchQuery) -> _Context:
         planes=planes,
         rows=rows,
         have_rows=have_rows,
+        rows_hi=rows_hi,
+        have_hi=have_hi,
         vals32=vals32,
         vals16=vals16,
         values=values,
@@ -252,6 +261,8 @@ def _match_range(
         ctx.mode,
         ctx.rows,
         ctx.have_rows,
+        ctx.rows_hi,
+        ctx.have_hi,
         ctx.vals32,
         ctx.vals16,
         float(q.threshold),
@@ -375,7 +386,8 @@ def match(
     workers = workers or os.cpu_count() or 1
     if shard_steps is None:
         span = ctx.search_end - ctx.search_start
-        shard_steps = min(DEFAULT_SHARD_STEPS, max(1 << 16, -(-span // workers)))
+        # below a few million steps a second thread costs more than it saves
+        shard_steps = min(DEFAULT_SHARD_STEPS, max(1 << 22, -(-span // workers)))
     shards = plan_shards(ds, query, shard_steps)
     names = ds.sequence_names()
     # the shards share the best intersection that some shard's k-th best reaches (pruning)
