@@ -106,71 +106,72 @@ _popcount: Any = bits.popcount64
 _ctz: Any = bits.ctz64
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
 def _stats_transpose_f32(v: Any, out: Any, cmin: Any, cmax: Any, csum: Any, cnan: Any) -> int:
     """``out[:, :n] = v.T`` (``v`` row-major float32 ``(n, D)``) and fold per-cell
-    min/max/sum/NaN count. Returns the number of infinite values (rejected by the caller)."""
+    min/max/sum/NaN count (branch-free over the cells of a row, so it vectorises). Returns the
+    number of infinite values (rejected by the caller). Single-threaded: the Parquet thread
+    has the other core."""
     n, d = v.shape
-    n_inf = 0
-    for j0 in nb.prange((d + 15) >> 4):
-        ja = j0 << 4
-        jb = min(d, ja + 16)
-        for i0 in range(0, n, 64):
-            i1 = min(n, i0 + 64)
-            for j in range(ja, jb):
-                lo = cmin[j]
-                hi = cmax[j]
-                sm = 0.0
-                for i in range(i0, i1):
-                    x = v[i, j]
-                    out[j, i] = x
-                    if x != x:
-                        cnan[j] += 1
-                    elif x - x != 0:
-                        n_inf += 1
-                    else:
-                        lo = min(lo, x)
-                        hi = max(hi, x)
-                        sm += x
-                cmin[j] = lo
-                cmax[j] = hi
-                csum[j] += sm
-    return n_inf
+    inf = np.float32(np.inf)
+    ninf = np.zeros(d, np.int64)
+    lo = cmin.copy()
+    hi = cmax.copy()
+    sm = np.zeros(d, np.float64)
+    for i0 in range(0, n, 64):
+        i1 = min(n, i0 + 64)
+        for i in range(i0, i1):
+            for j in range(d):
+                x = v[i, j]
+                fin = x - x == 0
+                isnan = x != x
+                cnan[j] += isnan
+                ninf[j] += (not fin) and (not isnan)
+                lo[j] = min(lo[j], x if fin else inf)
+                hi[j] = max(hi[j], x if fin else -inf)
+                sm[j] += np.float64(x) if fin else 0.0
+        for j in range(d):
+            for i in range(i0, i1):
+                out[j, i] = v[i, j]
+    for j in range(d):
+        cmin[j] = lo[j]
+        cmax[j] = hi[j]
+        csum[j] += sm[j]
+    return int(ninf.sum())
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@nb.njit(cache=True, nogil=True)
 def _stats_transpose_f16(
     v: Any, lut: Any, out: Any, cmin: Any, cmax: Any, csum: Any, cnan: Any
 ) -> int:
     """As ``_stats_transpose_f32`` for float16 values given as uint16 bit patterns (``out`` gets
     the bit patterns; ``lut`` maps them to float32 for the statistics)."""
     n, d = v.shape
-    n_inf = 0
-    for j0 in nb.prange((d + 15) >> 4):
-        ja = j0 << 4
-        jb = min(d, ja + 16)
-        for i0 in range(0, n, 64):
-            i1 = min(n, i0 + 64)
-            for j in range(ja, jb):
-                lo = cmin[j]
-                hi = cmax[j]
-                sm = 0.0
-                for i in range(i0, i1):
-                    b = v[i, j]
-                    out[j, i] = b
-                    x = lut[b]
-                    if x != x:
-                        cnan[j] += 1
-                    elif x - x != 0:
-                        n_inf += 1
-                    else:
-                        lo = min(lo, x)
-                        hi = max(hi, x)
-                        sm += x
-                cmin[j] = lo
-                cmax[j] = hi
-                csum[j] += sm
-    return n_inf
+    inf = np.float32(np.inf)
+    ninf = np.zeros(d, np.int64)
+    lo = cmin.copy()
+    hi = cmax.copy()
+    sm = np.zeros(d, np.float64)
+    for i0 in range(0, n, 64):
+        i1 = min(n, i0 + 64)
+        for i in range(i0, i1):
+            for j in range(d):
+                x = lut[v[i, j]]
+                fin = x - x == 0
+                isnan = x != x
+                cnan[j] += isnan
+                ninf[j] += (not fin) and (not isnan)
+                lo[j] = min(lo[j], x if fin else inf)
+                hi[j] = max(hi[j], x if fin else -inf)
+                sm[j] += np.float64(x) if fin else 0.0
+        for j in range(d):
+            for i in range(i0, i1):
+                out[j, i] = v[i, j]
+    for j in range(d):
+        cmin[j] = lo[j]
+        cmax[j] = hi[j]
+        csum[j] += sm[j]
+    return int(ninf.sum())
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -286,8 +287,8 @@ def _transpose64(a: Any) -> None:
     m = np.uint64(0x00000000FFFFFFFF)
     while j != 0:
         sj = np.uint64(j)
-        for k in range(64):
-            if k & j == 0:
+        for base in range(0, 64, 2 * j):
+            for k in range(base, base + j):
                 t = ((a[k] >> sj) ^ a[k + j]) & m
                 a[k + j] ^= t
                 a[k] ^= t << sj
@@ -379,7 +380,7 @@ def _emit_units(
                             out_start[k] = op
                             out_end[k] = pos + np.int64(pe)
                             k += 1
-                            op = -1
+                            op = np.int64(-1)
                         e &= e - one
                     else:
                         op = pos + np.int64(ps)
@@ -393,7 +394,7 @@ def _emit_units(
                     out_start[k] = op
                     out_end[k] = pos + np.int64(_ctz(e))
                     k += 1
-                    op = -1
+                    op = np.int64(-1)
                     break
             i += 1
         if op >= 0:  # open at the last step

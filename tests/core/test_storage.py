@@ -518,3 +518,30 @@ def test_on_intervals_view_after_publication(tmp_path: Path) -> None:
     assert typ == ("BIGINT", "BIGINT")
     files = sorted((ds.path / "layers" / "a" / "intervals").iterdir())
     assert [f.name for f in files] == ["part-00000.parquet"]
+
+
+@pytest.mark.parametrize("chunk_log2", [6, 7])
+def test_intervals_across_small_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_log2: int
+) -> None:
+    """Runs that cross interval-extraction chunks (and sequence starts) come out whole, once."""
+    import hiddenscope_core.writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "INTERVAL_CHUNK_LOG2", chunk_log2)
+    monkeypatch.setattr(writer_mod, "_BLOCK_VALUES", 64)
+    monkeypatch.setattr(writer_mod, "_INTERVAL_BATCH", 7)  # many batches and part rows
+    monkeypatch.setattr(writer_mod, "_INTERVAL_PART_ROWS", 20)  # several part files
+    T, D = 1000, 3
+    rng = np.random.default_rng(3)
+    x = np.cumsum(rng.standard_normal((T, D)), axis=0).astype(np.float32) * 0.2
+    x[:, 2] = 1.0  # always on: one run per sequence, crossing every chunk
+    x[rng.random((T, D)) < 0.01] = np.nan
+    starts = [0, 64, 130, 500, 999]
+    write_dataset(tmp_path, "ch", x, transform="none", starts=starts, thresholds=[0.0, 0.5])
+    ds = Catalog(tmp_path).get("ch")
+    assert len(list((ds.path / "layers" / "l1" / "intervals").iterdir())) > 1
+    for theta in (0.0, 0.5):
+        for c in range(D):
+            s, e = ds.on_intervals("l1", theta, c)
+            on = x[:, c] >= theta
+            assert list(zip(s.tolist(), e.tolist(), strict=True)) == brute_intervals(on, starts)
