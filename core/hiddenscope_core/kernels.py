@@ -500,6 +500,7 @@ def match_kernel(
         if not want_stats and max(H[0, 2] if size == top_k else 0, shared[0]) > m:
             break  # a level-m candidate has I <= m: none can beat the k-th best
         level_mask(P, m, cur)
+        qi = max(np.searchsorted(seq_starts, w0 << 6, side="right") - 1, 0)
         in_run = False
         run_s = 0
         for w in range(nw + 1):
@@ -525,11 +526,14 @@ def match_kernel(
                 if run_e <= own_lo or run_s >= own_hi:
                     continue
                 # a maximal run [run_s, run_e) of n >= m, cut at sequence starts
-                qi = np.searchsorted(seq_starts, run_s, side="right") - 1
+                # runs come in step order within a level: advance the sequence pointer
+                while qi + 1 < n_seq and seq_starts[qi + 1] <= run_s:
+                    qi += 1
                 ps = run_s
+                qj = qi
                 while ps < run_e:
-                    q_start = seq_starts[qi]
-                    q_end = seq_starts[qi + 1] if qi + 1 < n_seq else n_steps
+                    q_start = seq_starts[qj]
+                    q_end = seq_starts[qj + 1] if qj + 1 < n_seq else n_steps
                     pe = min(run_e, q_end)
                     L = pe - ps
                     ok = ps >= own_lo and ps < own_hi and pe <= filt_end
@@ -620,7 +624,7 @@ def match_kernel(
                                 if H[0, 2] > shared[0]:
                                     shared[0] = H[0, 2]
                     ps = pe
-                    qi += 1
+                    qj += 1
         for w in range(nw):
             above[w] = cur[w]
     return H, size, n_cand, n_long
