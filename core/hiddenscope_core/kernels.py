@@ -132,19 +132,29 @@ def s2_mask(
 ) -> bool:
     """``acc`` := S2 of the run ``[s, e)`` with off-extents ``[l0, s)`` and ``[e, r1)`` as a
     bit mask over cells, from the row-major planes ``(T, Dw)`` of the threshold. Returns False
-    (``acc`` incomplete) as soon as fewer than ``need`` S1 cells can remain in S2."""
+    (``acc`` incomplete) as soon as fewer than ``need`` S1 cells can remain in S2.
+
+    The off-extents go first: they are short, and the step just before a run (where fewer S1
+    cells are on, or it would be part of the run) rules out most S1 cells at once."""
     dw = acc.shape[0]
     for j in range(dw):
         acc[j] = ALL
-    for t in range(s, e):
+    _clear_on(rows, l0, s, acc)
+    _clear_on(rows, e, r1, acc)
+    for t in (s, e - 1):
         left = 0
         for j in range(dw):
             acc[j] &= rows[t, j]
             left += int(popcount64(acc[j] & s1mask[j]))
         if left < need:
             return False
-    _clear_on(rows, l0, s, acc)
-    _clear_on(rows, e, r1, acc)
+    for t in range(s + 1, e - 1):
+        left = 0
+        for j in range(dw):
+            acc[j] &= rows[t, j]
+            left += int(popcount64(acc[j] & s1mask[j]))
+        if left < need:
+            return False
     return True
 
 
@@ -457,7 +467,8 @@ def match_kernel(
 ) -> tuple[np.ndarray, int, int, int]:
     """Rank the candidates that start in ``[own_lo, own_hi)`` and end at or before ``filt_end``.
 
-    ``s1w`` covers words ``[w0, w0 + nw)`` and must contain every step up to ``scan_hi``, a step
+    ``s1w`` (modified: bits from ``scan_hi`` on are cleared) covers words ``[w0, w0 + nw)`` and
+    must contain every step up to ``scan_hi``, a step
     where every owned run has ended (n = 0, a sequence start or past ``filt_end``). ``s1mask``
     is S1 as a bit mask over cells. Returns ``(H, size, n_candidates, n_long)``: ``H[:size]``
     rows ``(start, end, I, U, level)`` in heap order. With ``want_stats``, ``hist`` and
@@ -470,7 +481,8 @@ def match_kernel(
     """
     n1, nw = s1w.shape
     # steps at or past scan_hi are forced to n = 0: nothing beyond is needed or owned
-    buf = s1w.copy()
+    # (s1w is the caller's scratch copy: masked in place)
+    buf = s1w
     local_hi = scan_hi - (w0 << 6)
     for w in range(nw):
         lo_bit = w << 6
