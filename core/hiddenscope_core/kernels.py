@@ -47,6 +47,50 @@ def _mask_below(o: int) -> np.uint64:
     return (np.uint64(1) << np.uint64(o)) - np.uint64(1)
 
 
+@nb.njit(cache=True, nogil=True)
+def _bits_all(words: np.ndarray, s: int, e: int, want_ones: bool) -> bool:
+    """True iff every bit of ``words`` in ``[s, e)`` is 1 (``want_ones``) or 0."""
+    if e <= s:
+        return True
+    ws = s >> 6
+    we = (e - 1) >> 6
+    for w in range(ws, we + 1):
+        m = ALL
+        if w == ws:
+            m &= _mask_from(s & 63)
+        if w == we:
+            m &= _mask_below(((e - 1) & 63) + 1)
+        x = words[w]
+        if want_ones:
+            if (x & m) != m:
+                return False
+        elif (x & m) != np.uint64(0):
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _s1_inter_from_bits(
+    s1_exact: np.ndarray, e0: int, s: int, e: int, l0: int, r1: int, need: int
+) -> tuple[int, bool]:
+    """``(|S1 ∩ S2|, complete)`` from the exact on-bits of the S1 cells (rows of ``s1_exact``,
+    words from ``e0``); stops once ``need`` is out of reach."""
+    n1 = s1_exact.shape[0]
+    base = e0 << 6
+    inter = 0
+    for i in range(n1):
+        if inter + (n1 - i) < need:
+            return inter, False
+        row = s1_exact[i]
+        if (
+            _bits_all(row, s - base, e - base, True)
+            and _bits_all(row, l0 - base, s - base, False)
+            and _bits_all(row, e - base, r1 - base, False)
+        ):
+            inter += 1
+    return inter, inter >= need
+
+
 @nb.njit(inline="always", cache=True)
 def _on_value_f32(vals: np.ndarray, c: int, t: int, theta: float) -> bool:
     return bool(vals[c, t] >= theta)
@@ -195,7 +239,7 @@ def _value_check(
 
 
 @nb.njit(cache=True, nogil=True)
-def score_from_values(
+def extras_from_values(
     mode: int,
     rows_lo: np.ndarray,
     have_lo: bool,
@@ -211,18 +255,16 @@ def score_from_values(
     e: int,
     l0: int,
     r1: int,
-    need: int,
     extra_cap: int,
     scratch: np.ndarray,
-) -> tuple[int, int, bool]:
-    """``(|S1 ∩ S2|, |S2 \\ S1|, complete)`` of a run at a threshold θ off the grid.
+) -> tuple[int, bool]:
+    """``(|S2 \\ S1|, complete)`` of a run at a threshold θ off the grid.
 
     ``rows_lo``/``rows_hi`` (when present) are the row-major planes of the grid thresholds just
     below and above θ. A cell on at θ is on at the lower one, a cell on at the upper one is on
     at θ, so the planes decide most cells: on throughout above ⇒ on throughout at θ; off
-    throughout below ⇒ off at θ. The values are read only for what stays undecided. The S1
-    cells are counted first; the count stops (``complete`` False) once the intersection cannot
-    reach ``need`` or the extra cells exceed ``extra_cap``.
+    throughout below ⇒ off at θ. The values are read only for what stays undecided. Counting
+    stops (``complete`` False) once the extra cells exceed ``extra_cap``.
     """
     dw = s1mask.shape[0]
     lo_run = scratch[0]
@@ -252,45 +294,11 @@ def score_from_values(
         for j in range(dw):
             hi_run[j] = np.uint64(0)
             hi_ext[j] = np.uint64(0)
-    inter = 0
-    left = 0
-    for j in range(dw):
-        sure = hi_run[j] & ~lo_ext[j]
-        inter += int(popcount64(sure & s1mask[j]))
-        left += int(popcount64(lo_run[j] & ~hi_ext[j] & ~sure & s1mask[j]))
-    for j in range(dw):
-        sure = hi_run[j] & ~lo_ext[j]
-        x = lo_run[j] & ~hi_ext[j] & ~sure & s1mask[j]
-        while x != np.uint64(0):
-            if inter + left < need:
-                return inter, 0, False
-            b = int(ctz64(x))
-            bit = np.uint64(1) << np.uint64(b)
-            x &= x - np.uint64(1)
-            left -= 1
-            if _value_check(
-                mode,
-                vals32,
-                vals16,
-                theta,
-                key16,
-                (j << 6) + b,
-                s,
-                e,
-                l0,
-                r1,
-                (hi_run[j] & bit) != np.uint64(0),
-                (lo_ext[j] & bit) == np.uint64(0),
-            ):
-                inter += 1
-    if inter < need:
-        return inter, 0, False
     extra = 0
     for j in range(dw):
-        sure = hi_run[j] & ~lo_ext[j] & ~s1mask[j]
-        extra += int(popcount64(sure))
+        extra += int(popcount64(hi_run[j] & ~lo_ext[j] & ~s1mask[j]))
     if extra > extra_cap:
-        return inter, extra, False
+        return extra, False
     for j in range(dw):
         sure = hi_run[j] & ~lo_ext[j]
         x = lo_run[j] & ~hi_ext[j] & ~sure & ~s1mask[j]
@@ -314,8 +322,8 @@ def score_from_values(
             ):
                 extra += 1
                 if extra > extra_cap:
-                    return inter, extra, False
-    return inter, extra, True
+                    return extra, False
+    return extra, True
 
 
 # ---------------------------------------------------------------------------- bit-sliced count
@@ -416,14 +424,6 @@ def _heap_sift_up(H: np.ndarray, i: int) -> None:
 # ---------------------------------------------------------------------------- the match kernel
 
 
-@nb.njit(inline="always", cache=True)
-def inter_cap_applies(H: np.ndarray, m: int) -> bool:
-    """Whether a level-``m`` candidate can at best tie the worst kept one on the intersection
-    (its intersection is at most ``m``): then counting its extra cells can stop past the
-    worst kept one's, since more extra cells lose the tie."""
-    return bool(H[0, 2] >= m)
-
-
 @nb.njit(cache=True, nogil=True)
 def _popcount_and(a: np.ndarray, b: np.ndarray, invert_b: bool) -> int:
     n = 0
@@ -437,6 +437,8 @@ def _popcount_and(a: np.ndarray, b: np.ndarray, invert_b: bool) -> int:
 def match_kernel(
     s1w: np.ndarray,
     w0: int,
+    s1_exact: np.ndarray,
+    e0: int,
     scan_hi: int,
     own_lo: int,
     own_hi: int,
@@ -585,29 +587,34 @@ def match_kernel(
                                 extra = _popcount_and(acc, s1mask, True)
                                 complete = complete and inter >= need
                             else:
-                                cap = n_cells
-                                if full and inter_cap_applies(H, m):
-                                    cap = H[0, 3] - n1
-                                inter, extra, complete = score_from_values(
-                                    mode,
-                                    rows,
-                                    have_rows,
-                                    rows_hi,
-                                    have_hi,
-                                    vals32,
-                                    vals16,
-                                    theta,
-                                    key16,
-                                    n_cells,
-                                    s1mask,
-                                    ps,
-                                    pe,
-                                    l0,
-                                    r1,
-                                    need,
-                                    cap,
-                                    scratch,
+                                inter, complete = _s1_inter_from_bits(
+                                    s1_exact, e0, ps, pe, l0, r1, need
                                 )
+                                extra = 0
+                                if complete:
+                                    cap = n_cells
+                                    if full and inter == H[0, 2]:
+                                        # more extra cells than the worst kept lose the tie
+                                        cap = H[0, 3] - n1
+                                    extra, complete = extras_from_values(
+                                        mode,
+                                        rows,
+                                        have_rows,
+                                        rows_hi,
+                                        have_hi,
+                                        vals32,
+                                        vals16,
+                                        theta,
+                                        key16,
+                                        n_cells,
+                                        s1mask,
+                                        ps,
+                                        pe,
+                                        l0,
+                                        r1,
+                                        cap,
+                                        scratch,
+                                    )
                             if want_stats and inter == n1:
                                 if hist_cap >= L:
                                     strict_hist[L] += 1

@@ -239,7 +239,14 @@ def _match_range(
     scan_hi = _first_idle_step(ctx, own_hi, cap) if own_hi < cap else cap
     w0 = max(own_lo - 1, 0) >> 6
     w1 = max(n_words(scan_hi), w0 + 1)
-    s1w = _s1_words(ctx, w0, w1)
+    # off the grid the exact S1 bits also decide the intersection: they must then reach as far
+    # as a candidate's off-extents do
+    e0, e1 = w0, w1
+    if not ctx.on_grid:
+        e0 = max(own_lo - 1 - q.left_off, 0) >> 6
+        e1 = max(n_words(min(scan_hi + q.right_off, T)), w1)
+    s1_exact = _s1_words(ctx, e0, e1)
+    s1w = s1_exact[:, w0 - e0 : w1 - e0].copy()
     scan_len = (w1 - w0) << 6
     bins = min(scan_len, _HIST_BINS) + 1
     hist = np.zeros(bins if q.stats else 1, dtype=np.int64)
@@ -250,6 +257,8 @@ def _match_range(
     H, size, n_cand, n_long = match_kernel(
         s1w,
         w0,
+        s1_exact,
+        e0,
         scan_hi,
         own_lo,
         own_hi,
