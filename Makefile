@@ -2,14 +2,18 @@
 UV ?= uv
 PY := $(UV) run --frozen --all-extras
 
-.PHONY: setup run test test-fast lint format typecheck bench bench-small schemas clean
+.PHONY: setup run demo-core test test-fast lint format typecheck bench bench-small schemas clean
 
-setup:            ## install everything (Python deps from the lock, redis-server if missing)
+setup:            ## install everything (Python deps from the lock, redis-server and chromium if missing)
 	@command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
 	$(UV) sync --frozen --all-extras
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)  # UI browser tests (Playwright drives it)
 
-run: setup        ## run the product on this machine
+run: setup        ## run the whole product on this machine (no Docker): deploy/docker-compose.yml as local processes
+	$(PY) python -m hiddenscope_stack up
+
+demo-core: setup  ## the core engine alone on a generated dataset (no services)
 	$(PY) python -m hiddenscope_core.demo
 
 test: setup lint typecheck  ## the whole test suite (what CI runs)

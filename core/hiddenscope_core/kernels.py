@@ -514,7 +514,7 @@ def match_kernel(
         if not want_stats and max(H[0, 2] if size == top_k else 0, shared[0]) > m:
             break  # a level-m candidate has I <= m: none can beat the k-th best
         level_mask(P, m, cur)
-        qi = max(np.searchsorted(seq_starts, w0 << 6, side="right") - 1, 0)
+        qi: int = max(int(np.searchsorted(seq_starts, w0 << 6, side="right")) - 1, 0)
         in_run = False
         run_s = 0
         for w in range(nw + 1):

@@ -47,7 +47,15 @@ def dataspecs(draw) -> DataSpec:
             st.sampled_from([63, 64, 65, 127, 128, 129, 1023, 1024, 1025]),
         )
     )
-    D = draw(st.one_of(st.integers(1, 6), st.integers(7, 40)))
+    # mostly D <= 40; sometimes more than one 64-bit word of cells
+    D = draw(
+        st.one_of(
+            st.integers(1, 6),
+            st.integers(7, 40),
+            st.integers(1, 40),
+            st.sampled_from([64, 65, 100]),
+        )
+    )
     return random_dataspec(
         seed=draw(st.integers(0, 2**32 - 1)),
         T=T,
@@ -224,6 +232,12 @@ def check_shards(ds, spec: DataSpec, q: MatchQuery, ref: RefMatch, shard_steps: 
     assert_hits_equal(merged.hits, ref.hits, (q, "merged", shard_steps))
     if q.stats:
         assert_stats_equal(merged.stats, ref, (q, "merged", shard_steps))
+    # the library's own sharded (and parallel) path
+    for workers in [1, 2]:
+        direct = match(ds, q, shard_steps=shard_steps, workers=workers)
+        assert_hits_equal(direct.hits, ref.hits, (q, "match(shard_steps)", shard_steps, workers))
+        if q.stats:
+            assert_stats_equal(direct.stats, ref, (q, "match(shard_steps)", shard_steps))
 
 
 def check_any_partition(ds, spec: DataSpec, q: MatchQuery, ref: RefMatch, cuts: list[int]):
@@ -297,8 +311,8 @@ def draw_match_query(draw, ds, spec: DataSpec, layer: LayerSpec, cells: list[int
         layer=layer.name,
         cells=cells,
         threshold=draw_threshold(draw, ds, layer),
-        left_off=draw(st.integers(0, 3)),
-        right_off=draw(st.integers(0, 3)),
+        left_off=draw(st.one_of(st.integers(0, 3), st.integers(0, 3), st.integers(4, 130))),
+        right_off=draw(st.one_of(st.integers(0, 3), st.integers(0, 3), st.integers(4, 130))),
         min_length=min_length,
         max_length=max_length,
         top_k=draw(st.one_of(st.integers(1, 60), st.just(1000))),
@@ -467,3 +481,32 @@ def test_hit_fields_consistent(planted) -> None:
         assert math.isclose(h.jaccard, h.intersection / h.union)
         assert 1 <= h.level <= len(q.cells)
         assert h.intersection <= h.level
+
+
+@pytest.mark.slow
+def test_long_corpus_exact(roots) -> None:
+    """More than one Parquet part (2^20 steps) and many 64-step words: still exact."""
+    T = (1 << 20) + 300
+    spec = random_dataspec(seed=11, T=T, D=6, dtype="float16", transform="tanh", nan_frac=0.01)
+    ds = write_dataset(spec, roots(), name="long")
+    queries = [
+        MatchQuery(layer="main", cells=[0, 1, 2, 3], threshold=0.3, top_k=100, stats=True),
+        MatchQuery(
+            layer="main",
+            cells=[1, 4, 5],
+            threshold=0.35,
+            left_off=2,
+            right_off=1,
+            min_length=3,
+            top_k=1000,
+            search_start=T // 3,
+            stats=True,
+        ),
+    ]
+    for q in queries:
+        ref = check_match(ds, spec, q)
+        for shard_steps in [65_536, 1 << 20]:
+            check_shards(ds, spec, q, ref, shard_steps)
+    for a in [0, (1 << 20) - 2, T - 3]:
+        b = min(a + 3, next(hi for lo, hi in spec.bounds() if lo <= a < hi))
+        check_select(ds, spec, SelectQuery(layer="main", start=a, end=b, right_off=2))

@@ -1,1 +1,1 @@
-"""HiddenScope."""
+"""HiddenScope ingest service: uploads, safe loaders, conversion jobs, the dataset catalog."""

@@ -1,0 +1,13 @@
+"""What the HiddenScope services share.
+
+* :mod:`hiddenscope_service.settings` — the pydantic-settings base class (one subclass per service,
+  env-prefixed, built lazily).
+* :mod:`hiddenscope_service.problems` — RFC 9457 ``application/problem+json`` error responses.
+* :mod:`hiddenscope_service.jobs` — the Redis job store, the source of truth for async jobs.
+* :mod:`hiddenscope_service.celery_app` — the Celery app factory with the reliability settings of
+  ``notes/ecosystem.md`` §4.
+* :mod:`hiddenscope_service.testing` — pytest helpers that run a real ``redis-server``, Celery
+  workers and uvicorn servers as subprocesses.
+
+Nothing here connects to anything at import time.
+"""

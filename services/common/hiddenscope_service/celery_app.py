@@ -1,0 +1,103 @@
+"""The Celery app factory with the reliability settings of ``notes/ecosystem.md`` §4.
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its
+  task returned, and requeued when the worker process dies → **every task must be idempotent**
+  (keyed by its job id) and every job has an attempt cap
+  (:class:`~hiddenscope_service.jobs.JobStore`).
+* ``worker_prefetch_multiplier = 1``: long tasks, one at a time per process.
+* ``task_time_limit`` (and a soft limit a little earlier) strictly below the Redis
+  ``visibility_timeout``, else a still-running task is delivered a second time.
+* The same ``visibility_timeout`` in ``broker_transport_options`` and
+  ``result_backend_transport_options``.
+* Redis must run with ``maxmemory-policy noeviction`` (evicted kombu bindings lose messages);
+  :func:`redis_eviction_advice` says so when it is not.
+* Task names are ``<service>.<verb>`` (``ingest.convert``, ``match.run_shard``) and each service
+  routes its tasks to a queue of its own name (``ingest``, ``match``).
+
+Nothing here connects at import: build the app in a function (or a cached module attribute
+computed from lazily built settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+
+def celery_config(
+    *,
+    broker_url: str,
+    queue: str,
+    task_time_limit: int = 3 * 3600,
+    visibility_timeout: int = 4 * 3600,
+    unacked_restore_interval: float | None = None,
+) -> dict[str, Any]:
+    """The Celery settings of one service (a plain dict, e.g. for a lazily imported config
+    module: ``app.config_from_object("hiddenscope_ingest.celeryconfig")``).
+
+    ``queue`` is the default (and only) queue of the app's tasks. ``unacked_restore_interval``
+    shortens kombu's sweep that restores unacknowledged messages of dead workers (tests).
+
+    Raises ``ValueError`` if ``task_time_limit >= visibility_timeout``.
+    """
+    if task_time_limit >= visibility_timeout:
+        raise ValueError(
+            f"task_time_limit ({task_time_limit}s) must be below the broker visibility_timeout "
+            f"({visibility_timeout}s), else running tasks are delivered twice"
+        )
+    transport: dict[str, Any] = {"visibility_timeout": visibility_timeout}
+    if unacked_restore_interval is not None:
+        transport["unacked_restore_interval"] = unacked_restore_interval
+        transport["unacked_restore_throttle"] = 0
+    soft = max(1, task_time_limit - min(60, max(1, task_time_limit // 10)))
+    return {
+        "broker_url": broker_url,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": task_time_limit,
+        "task_soft_time_limit": soft,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": visibility_timeout},
+        "visibility_timeout": visibility_timeout,
+        "task_ignore_result": True,  # the job store is the record; Celery results are not read
+        "task_default_queue": queue,
+        "task_queues": [Queue(queue)],
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "enable_utc": True,
+    }
+
+
+def make_celery(name: str, *, include: Sequence[str] = (), **config: Any) -> Celery:
+    """A configured Celery app (no connection is made until a task is sent or a worker starts).
+
+    ``config`` takes the arguments of :func:`celery_config`. For a worker module that must not
+    read settings at import, create ``Celery(name, include=...)`` and call
+    ``config_from_object("<module>")`` with a module built from :func:`celery_config` instead.
+    """
+    app = Celery(name, include=list(include), set_as_current=False)
+    app.conf.update(celery_config(**config))
+    return app
+
+
+def redis_eviction_advice(client: redis.Redis) -> str | None:
+    """``None`` if Redis evicts nothing, else a sentence saying what to configure."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.ResponseError:  # CONFIG may be disabled on managed Redis
+        return None
+    if policy in (None, "noeviction"):
+        return None
+    return (
+        f"Redis maxmemory-policy is {policy!r}: set it to 'noeviction', or queued Celery "
+        "messages and job records can be evicted"
+    )

@@ -1,0 +1,603 @@
+"""The job store: Redis holds the truth about every async job (Celery's own state is never read).
+
+A job moves only forward::
+
+    queued ──▶ running ──▶ succeeded | failed | cancelled
+       └──────────────────▶ failed | cancelled
+
+Every transition is a compare-and-set in a Lua script, so two workers (a redelivered message)
+or a worker and a cancelling client can never move a job backwards or both finish it.
+
+A worker *claims* a job before working on it (:meth:`JobStore.claim`): the claim bumps the
+``attempts`` counter and takes a lease (``owner`` + ``lease_until``) that the worker renews with
+every progress report (:meth:`JobStore.report_progress`). A redelivered message whose job is
+held by a live lease is told ``busy`` (retry later); one whose lease ran out (the worker died)
+takes the job over. After ``max_attempts`` claims the job is failed (poison-message cap).
+
+Idempotency: :meth:`JobStore.create` takes an optional ``Idempotency-Key`` and a hash of the
+request body. The same key with the same body returns the original job; the same key with a
+different body raises :class:`IdempotencyConflict` (answer 422).
+
+Fan-out jobs (one task per part, e.g. the shards of a match) use :meth:`JobStore.begin_part` and
+:meth:`JobStore.finish_part` instead of a claim: parts run concurrently without a lease, each
+part's result is stored under the job (``{prefix}:job:{id}:parts``, overwritten by a re-run), the
+progress is parts done / total, each part has its own attempt cap, and whichever task records the
+last part merges and finishes the job with a compare-and-set.
+
+Job ids come from :func:`secrets.token_urlsafe` (128 bits): unguessable.
+
+Keys (``prefix`` defaults to ``hiddenscope``): ``{prefix}:job:{id}`` (a hash) and
+``{prefix}:idem:{key}`` (``"{job_id} {body_hash}"``). Finished jobs and idempotency keys expire
+after ``ttl_seconds`` (≥ 24 h).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+from hiddenscope_core.errors import HiddenScopeError
+from pydantic import BaseModel, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class JobNotFound(HiddenScopeError):
+    status = 404
+    title = "Job not found"
+
+
+class IdempotencyConflict(HiddenScopeError):
+    """The Idempotency-Key was used before with a different request body."""
+
+    status = 422
+    title = "Idempotency key reused"
+
+
+class JobStateConflict(HiddenScopeError):
+    """The job is not in a state that allows the request (e.g. cancelling a finished job)."""
+
+    status = 409
+    title = "Job state conflict"
+
+
+class Progress(BaseModel):
+    done: int = Field(default=0, ge=0, description="units done (e.g. shards or steps)")
+    total: int = Field(default=0, ge=0, description="units in all; 0 while unknown")
+
+
+class Job(BaseModel):
+    """A job as the store holds it. ``payload`` is internal; services choose what to expose."""
+
+    id: str
+    kind: str
+    status: JobStatus
+    progress: Progress
+    attempts: int = Field(description="how many times a worker claimed the job")
+    cancel_requested: bool = False
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = Field(default=None, description="an RFC 9457 problem")
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of :meth:`JobStore.claim`.
+
+    ``outcome`` is ``claimed`` (work on it; ``attempts`` is this attempt's number), ``busy``
+    (another live worker holds it; retry after ``retry_after`` seconds), ``terminal`` (nothing
+    to do; ``status`` says how it ended) or ``exhausted`` (the store failed it: too many attempts).
+    """
+
+    outcome: Literal["claimed", "busy", "terminal", "exhausted"]
+    status: str
+    attempts: int = 0
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class PartStart:
+    """The answer of :meth:`JobStore.begin_part`: ``outcome`` is ``run``, ``terminal``,
+    ``cancel`` or ``exhausted``; ``attempts`` counts the deliveries of this part."""
+
+    outcome: Literal["run", "terminal", "cancel", "exhausted"]
+    status: str
+    attempts: int = 0
+
+
+def body_hash(*parts: Any) -> str:
+    """sha256 of the canonical JSON of ``parts`` (sorted keys): what "the same body" means."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def new_job_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+# All times come from the Redis server (TIME) so that every process agrees on one clock.
+_LUA_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS[1] job key, KEYS[2] idempotency key ('' for none)
+# ARGV[1] idempotency value, ARGV[2] ttl, ARGV[3..] field/value pairs
+_CREATE = (
+    _LUA_NOW
+    + """
+if KEYS[2] ~= '' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then return existing end
+end
+local t = tostring(now())
+redis.call('HSET', KEYS[1], 'created_at', t, 'updated_at', t, unpack(ARGV, 3))
+if KEYS[2] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2]))
+end
+return ''
+"""
+)
+
+# KEYS[1] job; ARGV: owner, lease seconds, max attempts, ttl
+_CLAIM = (
+    _LUA_NOW
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing', '', '0', '0'} end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then
+  return {'terminal', st, redis.call('HGET', KEYS[1], 'attempts') or '0', '0'}
+end
+local t = now()
+if st == 'running' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+  if lease > t and owner ~= ARGV[1] then
+    return {'busy', st, redis.call('HGET', KEYS[1], 'attempts') or '0', tostring(lease - t)}
+  end
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', tostring(t),
+             'updated_at', tostring(t), 'error', ARGV[5], 'owner', '', 'lease_until', '0')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  return {'exhausted', 'failed', tostring(attempts), '0'}
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[1],
+           'lease_until', tostring(t + tonumber(ARGV[2])), 'updated_at', tostring(t))
+if not redis.call('HGET', KEYS[1], 'started_at') then
+  redis.call('HSET', KEYS[1], 'started_at', tostring(t))
+end
+return {'claimed', 'running', tostring(attempts), '0'}
+"""
+)
+
+# KEYS[1] job; ARGV: owner, lease seconds, done, total
+# returns: 'lost' (not ours any more), 'cancel' (cancel requested), 'ok'
+_PROGRESS = (
+    _LUA_NOW
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'lost' end
+local t = now()
+redis.call('HSET', KEYS[1], 'lease_until', tostring(t + tonumber(ARGV[2])),
+           'updated_at', tostring(t))
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'progress_done', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'progress_total', ARGV[4]) end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel' end
+return 'ok'
+"""
+)
+
+# KEYS[1] job; ARGV: to status, owner ('' = any), ttl, n_from, from..., then field/value pairs
+_TRANSITION = (
+    _LUA_NOW
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+local rank = {queued = 0, running = 1, succeeded = 2, failed = 2, cancelled = 2}
+if rank[ARGV[1]] == nil or rank[ARGV[1]] <= rank[st] then return st end
+local n_from = tonumber(ARGV[4])
+local allowed = false
+for i = 5, 4 + n_from do
+  if ARGV[i] == st then allowed = true end
+end
+if not allowed then return st end
+if ARGV[2] ~= '' and st == 'running' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
+  return 'lost'
+end
+local t = tostring(now())
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', t)
+local rest = {}
+for i = 5 + n_from, #ARGV do rest[#rest + 1] = ARGV[i] end
+if #rest > 0 then redis.call('HSET', KEYS[1], unpack(rest)) end
+if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+  redis.call('HSET', KEYS[1], 'finished_at', t, 'owner', '', 'lease_until', '0')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+return 'ok'
+"""
+)
+
+# KEYS[1] job; ARGV: ttl, error json for the cancelled-while-queued case
+_CANCEL = (
+    _LUA_NOW
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+local t = tostring(now())
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_at', t, 'finished_at', t,
+             'cancel_requested', '1')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+  return 'now-cancelled'
+end
+if st == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'updated_at', t)
+  return 'now-cancelling'
+end
+return st
+"""
+)
+
+
+# Fan-out jobs (one task per part, e.g. match shards). KEYS[1] job, KEYS[2] part attempts hash
+# ARGV: part index, max attempts, ttl, exhausted error json
+# returns {outcome, status, attempts}: outcome 'missing' | 'terminal' | 'cancel' | 'exhausted' |
+# 'run'
+_BEGIN_PART = (
+    _LUA_NOW
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing', '', '0'} end
+if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {'terminal', st, '0'} end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return {'cancel', st, '0'} end
+local attempts = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+local t = tostring(now())
+if attempts > tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', t, 'updated_at', t,
+             'error', ARGV[4], 'owner', '', 'lease_until', '0')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  return {'exhausted', 'failed', tostring(attempts)}
+end
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', t, 'updated_at', t)
+  st = 'running'
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return {'run', st, tostring(attempts)}
+"""
+)
+
+# KEYS[1] job, KEYS[2] parts hash; ARGV: part index, value, ttl
+# returns {status, done, total}; a finished part of a terminal job is not recorded
+_FINISH_PART = (
+    _LUA_NOW
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing', '0', '0'} end
+local total = redis.call('HGET', KEYS[1], 'progress_total') or '0'
+if st ~= 'running' then return {st, redis.call('HGET', KEYS[1], 'progress_done') or '0', total} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+local done = redis.call('HLEN', KEYS[2])
+redis.call('HSET', KEYS[1], 'progress_done', tostring(done), 'updated_at', tostring(now()))
+return {st, tostring(done), total}
+"""
+)
+
+
+def _ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(float(value), tz=UTC)
+
+
+class JobStore:
+    """Jobs of one service in Redis. Thread-safe (redis-py clients are); cheap to construct.
+
+    ``client`` must be created with ``decode_responses=True``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "hiddenscope",
+        ttl_seconds: int = 7 * 24 * 3600,
+        max_attempts: int = 3,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+        self.max_attempts = max_attempts
+        self._create = client.register_script(_CREATE)
+        self._claim = client.register_script(_CLAIM)
+        self._progress = client.register_script(_PROGRESS)
+        self._transition = client.register_script(_TRANSITION)
+        self._cancel = client.register_script(_CANCEL)
+        self._begin_part = client.register_script(_BEGIN_PART)
+        self._finish_part = client.register_script(_FINISH_PART)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True), **kwargs)
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _idem_key(self, key: str) -> str:
+        return f"{self.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    # -- create / read -------------------------------------------------------------------------
+
+    def lookup_idempotent(self, idempotency_key: str, request_hash: str) -> Job | None:
+        """The job an earlier request with this key created (``None`` if the key is new).
+
+        Raises :class:`IdempotencyConflict` if that request had a different body hash. Call it
+        before expensive validation; :meth:`create` repeats the check atomically."""
+        raw = self.client.get(self._idem_key(idempotency_key))
+        if not raw:
+            return None
+        old_id, _, old_hash = str(raw).partition(" ")
+        if old_hash != request_hash:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different request body; "
+                "use a new key for a new request"
+            )
+        return self.get(old_id)
+
+    def set_note(self, job_id: str, key: str, value: str) -> None:
+        """Record a worker-side fact on the job (e.g. the staging directory of an attempt)."""
+        self.client.hset(self._job_key(job_id), f"note:{key}", value)
+
+    def get_note(self, job_id: str, key: str) -> str | None:
+        value = self.client.hget(self._job_key(job_id), f"note:{key}")
+        return None if value is None else str(value)
+
+    def create(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        job_id: str | None = None,
+        progress_total: int = 0,
+    ) -> tuple[Job, bool]:
+        """Create a ``queued`` job; returns ``(job, created)``.
+
+        With ``idempotency_key``: if the key was seen, returns the original job and ``False``
+        when ``request_hash`` matches, and raises :class:`IdempotencyConflict` otherwise.
+        Raises :class:`JobNotFound` if the original job has expired meanwhile.
+        """
+        job_id = job_id or new_job_id()
+        idem_key = self._idem_key(idempotency_key) if idempotency_key else ""
+        idem_value = f"{job_id} {request_hash or ''}"
+        fields: list[str] = [
+            "id", job_id,
+            "kind", kind,
+            "status", "queued",
+            "attempts", "0",
+            "progress_done", "0",
+            "progress_total", str(progress_total),
+            "cancel_requested", "0",
+            "payload", json.dumps(dict(payload)),
+        ]  # fmt: skip
+        existing = self._create(
+            keys=[self._job_key(job_id), idem_key],
+            args=[idem_value, self.ttl_seconds, *fields],
+        )
+        if existing:
+            old_id, _, old_hash = str(existing).partition(" ")
+            if old_hash != (request_hash or ""):
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was already used with a different request body; "
+                    "use a new key for a new request"
+                )
+            return self.get(old_id), False
+        return self.get(job_id), True
+
+    def get(self, job_id: str) -> Job:
+        """The job; raises :class:`JobNotFound`."""
+        raw: dict[str, str] = self.client.hgetall(self._job_key(job_id)) if job_id else {}  # type: ignore[assignment]
+        if not raw:
+            raise JobNotFound(f"no job {job_id!r} (unknown, or expired after it finished)")
+        return Job(
+            id=raw["id"],
+            kind=raw["kind"],
+            status=raw["status"],
+            progress=Progress(
+                done=int(raw.get("progress_done", 0)), total=int(raw.get("progress_total", 0))
+            ),
+            attempts=int(raw.get("attempts", 0)),
+            cancel_requested=raw.get("cancel_requested") == "1",
+            created_at=_ts(raw["created_at"]) or datetime.fromtimestamp(0, tz=UTC),
+            updated_at=_ts(raw["updated_at"]) or datetime.fromtimestamp(0, tz=UTC),
+            started_at=_ts(raw.get("started_at")),
+            finished_at=_ts(raw.get("finished_at")),
+            result=json.loads(raw["result"]) if raw.get("result") else None,
+            error=json.loads(raw["error"]) if raw.get("error") else None,
+            payload=json.loads(raw.get("payload") or "{}"),
+        )
+
+    def exists(self, job_id: str) -> bool:
+        return int(self.client.exists(self._job_key(job_id))) > 0
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def claim(self, job_id: str, owner: str, lease_seconds: float) -> Claim:
+        """Take the job for one attempt (see the module docstring). Raises :class:`JobNotFound`."""
+        exhausted = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Too many attempts",
+                "status": 500,
+                "detail": f"the job was started {self.max_attempts} times without finishing "
+                "(did the worker crash or run out of memory?)",
+            }
+        )
+        outcome, status, attempts, retry_after = self._claim(
+            keys=[self._job_key(job_id)],
+            args=[owner, lease_seconds, self.max_attempts, self.ttl_seconds, exhausted],
+        )
+        if outcome == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        return Claim(outcome, status, int(attempts), float(retry_after))
+
+    def report_progress(
+        self,
+        job_id: str,
+        owner: str,
+        lease_seconds: float,
+        done: int | None = None,
+        total: int | None = None,
+    ) -> Literal["ok", "cancel", "lost"]:
+        """Renew the lease and record progress. ``cancel``: a client asked to cancel — stop and
+        call :meth:`finish` with ``cancelled``. ``lost``: the job is no longer ours — stop."""
+        out = self._progress(
+            keys=[self._job_key(job_id)],
+            args=[
+                owner,
+                lease_seconds,
+                "" if done is None else str(done),
+                "" if total is None else str(total),
+            ],
+        )
+        return str(out)  # type: ignore[return-value]
+
+    def transition(
+        self,
+        job_id: str,
+        from_statuses: tuple[str, ...],
+        to_status: JobStatus,
+        *,
+        owner: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Compare-and-set: move the job to ``to_status`` if it is in ``from_statuses`` (and, if
+        ``owner`` is given and the job is running, held by ``owner``). Returns whether it moved.
+        A job never moves backwards or sideways: a target not ranked above the current status
+        (queued < running < terminal) is refused whatever ``from_statuses`` says."""
+        fields: list[str] = []
+        if result is not None:
+            fields += ["result", json.dumps(dict(result), default=str)]
+        if error is not None:
+            fields += ["error", json.dumps(dict(error), default=str)]
+        out = self._transition(
+            keys=[self._job_key(job_id)],
+            args=[to_status, owner or "", self.ttl_seconds, len(from_statuses), *from_statuses,
+                  *fields],
+        )  # fmt: skip
+        if out == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        return str(out) == "ok"
+
+    def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: Literal["succeeded", "failed", "cancelled"],
+        *,
+        result: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """A worker ends the job it holds (``running`` → terminal)."""
+        return self.transition(
+            job_id, ("running",), status, owner=owner, result=result, error=error
+        )
+
+    def fail(self, job_id: str, error: Mapping[str, Any]) -> bool:
+        """Fail a job that is not finished yet, whoever holds it (e.g. enqueueing failed)."""
+        return self.transition(job_id, ("queued", "running"), "failed", error=error)
+
+    # -- fan-out jobs: one task per part ---------------------------------------------------------
+
+    def _parts_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:parts"
+
+    def _part_attempts_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:part-attempts"
+
+    def begin_part(self, job_id: str, part: int) -> PartStart:
+        """A worker starts part ``part`` of a fan-out job (created with ``progress_total`` =
+        the number of parts). The first part to start moves the job ``queued`` → ``running``.
+
+        ``outcome`` is ``run`` (work on it), ``terminal`` / ``cancel`` (skip it; on ``cancel``
+        call :meth:`cancel_now`), or ``exhausted`` (this part was delivered more than
+        ``max_attempts`` times: the store failed the job). Raises :class:`JobNotFound`.
+
+        Parts carry no lease: a redelivered part simply runs again (parts must be idempotent:
+        :meth:`finish_part` overwrites the part's value)."""
+        exhausted = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Too many attempts",
+                "status": 500,
+                "detail": f"part {part} of the job was started {self.max_attempts} times "
+                "without finishing (did the worker crash or run out of memory?)",
+            }
+        )
+        outcome, status, attempts = self._begin_part(
+            keys=[self._job_key(job_id), self._part_attempts_key(job_id)],
+            args=[str(part), self.max_attempts, self.ttl_seconds, exhausted],
+        )
+        if outcome == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        return PartStart(outcome, status, int(attempts))
+
+    def finish_part(self, job_id: str, part: int, value: str) -> tuple[str, int, int]:
+        """Record part ``part``'s result (idempotent: a re-run overwrites it) and the progress
+        ``done`` = parts recorded. Returns ``(status, done, total)``; nothing is recorded unless
+        the job is ``running``. Raises :class:`JobNotFound`."""
+        status, done, total = self._finish_part(
+            keys=[self._job_key(job_id), self._parts_key(job_id)],
+            args=[str(part), value, self.ttl_seconds],
+        )
+        if status == "missing":
+            raise JobNotFound(f"no job {job_id!r}")
+        return str(status), int(done), int(total)
+
+    def parts(self, job_id: str) -> dict[int, str]:
+        """The recorded part results of a fan-out job, by part index."""
+        raw: dict[str, str] = self.client.hgetall(self._parts_key(job_id))  # type: ignore[assignment]
+        return {int(k): v for k, v in raw.items()}
+
+    def drop_parts(self, job_id: str) -> None:
+        """Forget the part results and attempt counters (after the merge finished the job)."""
+        self.client.delete(self._parts_key(job_id), self._part_attempts_key(job_id))
+
+    def cancel_now(self, job_id: str) -> bool:
+        """Cancel a fan-out job whose cancellation was requested (any worker may do it)."""
+        return self.transition(job_id, ("queued", "running"), "cancelled")
+
+    # -- client side ---------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel: a queued job is cancelled at once; a running one is flagged and its worker
+        stops at its next progress report. Raises :class:`JobStateConflict` for a finished job."""
+        out = self._cancel(keys=[self._job_key(job_id)], args=[self.ttl_seconds])
+        if out == "missing":
+            raise JobNotFound(f"no job {job_id!r} (unknown, or expired after it finished)")
+        if out in TERMINAL:
+            raise JobStateConflict(f"job {job_id} has already finished ({out})")
+        return self.get(job_id)

@@ -1,0 +1,199 @@
+"""Conversion: stream a checked :class:`~hiddenscope_ingest.plan.Plan` into the core's
+``DatasetWriter`` chunk by chunk (memory bounded by ``chunk_bytes``, not by T) and publish it
+atomically. On any error the writer's staging directory is removed; nothing is published."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from hiddenscope_core.models import DatasetManifest
+from hiddenscope_core.writer import DatasetWriter
+
+from hiddenscope_ingest.errors import InvalidData
+from hiddenscope_ingest.loaders.base import ArraySource, iter_chunks, rows_per_chunk
+from hiddenscope_ingest.plan import Plan, TrackPlan
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)`` in steps over all arrays; may raise to stop (e.g. cancellation)."""
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback when the job was cancelled."""
+
+
+def total_units(plan: Plan) -> int:
+    n_arrays = len(plan.layers) + len(plan.tracks) + (1 if plan.tokens is not None else 0)
+    return plan.n_steps * max(1, n_arrays)
+
+
+def _check_ids(
+    ids: npt.NDArray[Any], size: int, defined: npt.NDArray[np.bool_] | None, what: str, at: int
+) -> None:
+    bad = (ids < 0) | (ids >= size)
+    if defined is not None and not bad.any():
+        bad = ~defined[ids]
+    if bad.any():
+        pos = np.flatnonzero(bad.reshape(len(ids), -1).any(axis=1))[0]
+        value = ids[pos]
+        raise InvalidData(
+            f"{what}: id {value.tolist()} at step {at + int(pos)} is not in the dictionary "
+            f"({size} entries)"
+        )
+
+
+def _check_finite(chunk: npt.NDArray[Any], what: str, at: int) -> None:
+    finite = np.isfinite(chunk)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=tuple(range(1, chunk.ndim))))[0])
+        raise InvalidData(
+            f"{what}: non-finite value (NaN or inf) at step {at + row}; clean the data or send "
+            "nan_policy: allow (NaN counts as off)"
+        )
+
+
+def _track_chunks(
+    plan: Plan, track: TrackPlan, source: ArraySource, rows: int
+) -> Iterator[tuple[int, npt.NDArray[Any]]]:
+    """The track's rows in step order, with ``index_by_tokens`` resolved (value at step t is
+    ``source[token_id[t]]``; the per-token table is read once, it is vocabulary-sized)."""
+    T = plan.n_steps
+    if not track.index_by_tokens:
+        yield from iter_chunks(source, rows)
+        return
+    assert plan.tokens is not None
+    table = np.asarray(source.read(0, source.shape[0]))
+    for start in range(0, T, rows):
+        stop = min(T, start + rows)
+        tok = np.asarray(plan.tokens.read(start, stop), dtype=np.int64)
+        if tok.size and int(tok.max()) >= len(table):
+            raise InvalidData(
+                f"track {track.info.name}: the per-token table has {len(table)} rows, but token "
+                f"id {int(tok.max())} occurs"
+            )
+        yield start, table[tok]
+
+
+def convert(
+    plan: Plan,
+    data_root: Path,
+    *,
+    on_created: Callable[[DatasetWriter], None] | None = None,
+    chunk_bytes: int = 64 * 2**20,
+    progress: Progress | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> DatasetManifest:
+    """Write ``plan`` as a dataset under ``data_root`` and publish it.
+
+    Raises the core's ``Conflict`` (409) when the name is taken at publication, 4xx errors for
+    bad data, :class:`Cancelled` if ``progress`` raised it; never leaves staging behind."""
+    m = plan.manifest
+    T = plan.n_steps
+    total = total_units(plan)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    writer = DatasetWriter.create(
+        data_root,
+        m.name,
+        n_steps=T,
+        description=m.description,
+        provenance={**m.provenance, **(provenance or {})},
+    )
+    try:
+        if on_created is not None:
+            on_created(writer)
+        if plan.sequence_starts is not None:
+            writer.set_sequences(plan.sequence_starts, names=plan.sequence_names)
+        elif plan.sequence_names is not None:
+            writer.set_sequences(np.zeros(1, dtype=np.int64), names=plan.sequence_names)
+        if plan.vocab is not None:
+            writer.set_vocab(plan.vocab.texts)
+        if plan.tokens is not None:
+            assert plan.vocab is not None
+            rows = rows_per_chunk(plan.tokens.shape, 8, chunk_bytes)
+            for start, chunk in iter_chunks(plan.tokens, rows):
+                ids = np.asarray(chunk, dtype=np.int64)
+                _check_ids(ids, len(plan.vocab.texts), plan.vocab.defined, "tokens", start)
+                writer.write_tokens(ids.astype(np.int32))
+                tick(len(ids))
+        for layer in plan.layers:
+            spec = layer.spec
+            lw = writer.add_layer(
+                spec.name,
+                n_cells=layer.n_cells,
+                dtype=spec.dtype,
+                transform=spec.transform,
+                thresholds=spec.thresholds,
+                kind=spec.kind,
+            )
+            rows = rows_per_chunk(layer.source.shape, 8, chunk_bytes)
+            for start, chunk in iter_chunks(layer.source, rows):
+                values = np.asarray(chunk).astype(spec.dtype, copy=False)
+                if m.nan_policy == "reject":
+                    _check_finite(values, f"layer {spec.name}", start)
+                lw.write(values)
+                tick(len(values))
+        for track in plan.tracks:
+            _write_track(writer, plan, track, chunk_bytes, tick)
+        if progress is not None:
+            progress(done, total)
+        return writer.publish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _write_track(
+    writer: DatasetWriter,
+    plan: Plan,
+    track: TrackPlan,
+    chunk_bytes: int,
+    tick: Callable[[int], None],
+) -> None:
+    info = track.info
+    what = f"track {info.name}"
+    rows = rows_per_chunk(track.source.shape, 8, chunk_bytes)
+    if info.kind == "discrete" and not info.labels:
+        # no label dictionary: the labels are the numbers themselves ("0", "1", ...)
+        top = -1
+        for _start, chunk in _track_chunks(plan, track, track.source, rows):
+            if chunk.size:
+                if int(chunk.min()) < 0:
+                    raise InvalidData(f"{what}: label ids must be >= 0 without a label list")
+                top = max(top, int(chunk.max()))
+        if top >= 1_000_000:
+            raise InvalidData(f"{what}: label ids up to {top}; give a label list (labels)")
+        info = info.model_copy(update={"labels": [str(i) for i in range(top + 1)]})
+    tw = writer.add_track(info)
+    if info.kind == "topk":
+        assert track.scores is not None
+        scores_it = _track_chunks(plan, track, track.scores, rows)
+        for (start, ids), (_s, scores) in zip(
+            _track_chunks(plan, track, track.source, rows), scores_it, strict=True
+        ):
+            if plan.vocab is not None:
+                _check_ids(ids, len(plan.vocab.texts), None, f"{what} predictions", start)
+            _check_finite(np.asarray(scores, dtype=np.float64), f"{what} scores", start)
+            tw.write(ids=ids.astype(np.int64), scores=scores.astype(np.float32))
+            tick(len(ids))
+        return
+    for start, chunk in _track_chunks(plan, track, track.source, rows):
+        if info.kind == "discrete":
+            assert info.labels is not None
+            _check_ids(chunk, len(info.labels), track.label_defined, what, start)
+            tw.write(chunk.astype(np.int64))
+        else:
+            values = np.asarray(chunk, dtype=np.float32)
+            if plan.manifest.nan_policy == "reject":
+                _check_finite(values, what, start)
+            tw.write(values)
+        tick(len(chunk))

@@ -1,0 +1,348 @@
+"""The ingest service's logic between HTTP and Celery: validate an upload, persist it, create the
+job, enqueue it; and, in the worker, run one conversion attempt (``run_conversion``).
+
+Order of durability (``STYLE.md``): the upload is on disk and fsynced, then the job exists in
+Redis, then the task is enqueued with only the job id. A conversion attempt is idempotent: it
+starts from an empty work directory, removes the staging directory an earlier attempt left, and
+recognises a dataset that an earlier attempt already published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiddenscope_core.errors import Conflict, HiddenScopeError
+from hiddenscope_core.models import DatasetManifest
+from hiddenscope_service.jobs import Job, JobStore, body_hash
+from hiddenscope_service.problems import ProblemError, problem_from_exception
+
+from hiddenscope_ingest.catalog import DatasetCatalog
+from hiddenscope_ingest.convert import Cancelled, convert
+from hiddenscope_ingest.errors import InvalidData, InvalidManifest, PathForbidden
+from hiddenscope_ingest.loaders import detect_format, resolve_file
+from hiddenscope_ingest.loaders.archives import extract_archive
+from hiddenscope_ingest.loaders.base import Limits
+from hiddenscope_ingest.manifest import IngestManifest
+from hiddenscope_ingest.plan import build_plan
+from hiddenscope_ingest.settings import IngestSettings
+from hiddenscope_ingest.upload import ReceivedFile
+
+log = logging.getLogger(__name__)
+
+JOB_KIND = "ingest"
+TASK_NAME = "ingest.convert"
+
+
+class JobBusy(Exception):
+    """Another live worker holds the job; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"busy, retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+class _Lost(Exception):
+    """The job is no longer held by this attempt (its lease was taken over)."""
+
+
+def limits_of(settings: IngestSettings) -> Limits:
+    return Limits(
+        max_array_bytes=settings.max_array_bytes,
+        max_archive_bytes=settings.max_archive_bytes,
+        max_archive_members=settings.max_archive_members,
+        max_compression_ratio=settings.max_compression_ratio,
+        max_vocab_size=settings.max_vocab_size,
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dataset_summary(m: DatasetManifest) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "name": m.name,
+        "n_steps": m.n_steps,
+        "n_sequences": m.n_sequences,
+        "layers": [x.name for x in m.layers],
+        "tracks": [x.name for x in m.tracks],
+        "location": f"/v1/datasets/{m.id}",
+    }
+
+
+@dataclass
+class IngestService:
+    settings: IngestSettings
+    store: JobStore
+    enqueue: Callable[[str], None]
+
+    @property
+    def catalog(self) -> DatasetCatalog:
+        return DatasetCatalog(self.settings.data_root)
+
+    @property
+    def limits(self) -> Limits:
+        return limits_of(self.settings)
+
+    # -- submission ----------------------------------------------------------------------------
+
+    def upload_dir(self, job_id: str) -> Path:
+        return self.settings.uploads_path / job_id
+
+    def resolve_server_path(self, path: str) -> Path:
+        """A server-side directory under one of ``allowed_roots`` (symlinks resolved), else 403."""
+        try:
+            real = Path(path).resolve(strict=True)
+        except (OSError, RuntimeError):
+            real = None
+        roots = [r.resolve() for r in self.settings.allowed_roots]
+        if real is None or not any(real.is_relative_to(r) for r in roots):
+            # the same answer whether or not the path exists: no probing outside the roots
+            raise PathForbidden(
+                f"{path!r} is not inside an allowed server directory"
+                + ("" if roots else " (none are configured: HIDDENSCOPE_INGEST_ALLOWED_ROOTS)")
+            )
+        if not real.is_dir():
+            raise InvalidManifest(f"{path!r} is not a directory")
+        return real
+
+    def replay(self, idempotency_key: str | None, request_hash: str) -> Job | None:
+        """The job of an earlier identical request (re-enqueued if still queued), or None."""
+        if not idempotency_key:
+            return None
+        job = self.store.lookup_idempotent(idempotency_key, request_hash)
+        if job is not None and job.status == "queued":
+            self.enqueue(job.id)  # harmless if it was enqueued already: attempts are idempotent
+        return job
+
+    def validate(
+        self,
+        manifest: IngestManifest,
+        source_dir: Path,
+        received: dict[str, ReceivedFile] | None,
+    ) -> None:
+        """Cheap checks before answering 202: name free, files present, checksums, headers and
+        shapes (archives and text files are checked by the worker). Raises 4xx errors."""
+        if self.catalog.name_taken(manifest.name):
+            raise Conflict(f"a dataset named {manifest.name!r} already exists; choose another name")
+        for rel in manifest.referenced_files():
+            if received is not None and rel not in received:
+                raise InvalidManifest(f"the manifest names {rel!r}, which is not in the upload")
+            resolve_file(source_dir, rel)
+        for rel, expected in manifest.checksums.items():
+            if received is not None:
+                if rel not in received:
+                    raise InvalidManifest(f"a checksum is given for {rel!r}, which was not sent")
+                actual = received[rel].sha256
+            else:
+                actual = _sha256_file(resolve_file(source_dir, rel))
+            if actual != expected:
+                raise InvalidData(
+                    f"{rel}: sha256 mismatch (expected {expected}, received {actual}); "
+                    "the file was damaged in transit or the checksum is wrong"
+                )
+        if manifest.archive is not None:
+            if detect_format(manifest.archive) != "archive":
+                raise InvalidManifest(f"{manifest.archive!r} is not a .zip, .tar or .tar.gz")
+            return
+        plan = build_plan(manifest, source_dir, self.limits, work_dir=None)
+        plan.close()
+
+    def submit(
+        self,
+        manifest: IngestManifest,
+        source_dir: Path,
+        *,
+        owned: bool,
+        job_id: str,
+        idempotency_key: str | None,
+        request_hash: str,
+    ) -> tuple[Job, bool]:
+        """Create the job and enqueue it; ``(job, created)``. ``owned``: ``source_dir`` is an
+        upload the service removes when the job ends."""
+        payload = {
+            "manifest": manifest.model_dump(mode="json"),
+            "source_dir": str(source_dir),
+            "owned": owned,
+        }
+        job, created = self.store.create(
+            JOB_KIND,
+            payload,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            job_id=job_id,
+        )
+        if not created:
+            if owned:
+                shutil.rmtree(source_dir, ignore_errors=True)
+            return job, False
+        try:
+            self.enqueue(job.id)
+        except Exception as exc:
+            log.exception("enqueueing job %s failed", job.id)
+            problem = ProblemError(503, "the job queue is unavailable; retry later")
+            self.store.fail(job.id, problem.to_problem().model_dump(exclude_none=True))
+            if owned:
+                shutil.rmtree(source_dir, ignore_errors=True)
+            raise problem from exc
+        return job, True
+
+    @staticmethod
+    def request_hash(
+        manifest: IngestManifest, files: dict[str, str] | None, path: str | None
+    ) -> str:
+        return body_hash(manifest.model_dump(mode="json"), sorted((files or {}).items()), path)
+
+    # -- jobs and catalog ----------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job.kind != JOB_KIND:
+            from hiddenscope_service.jobs import JobNotFound
+
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        self.job(job_id)
+        return self.store.request_cancel(job_id)
+
+    def list_datasets(self) -> list[DatasetManifest]:
+        return self.catalog.list()
+
+    def get_dataset(self, name_or_id: str) -> DatasetManifest:
+        return self.catalog.get(name_or_id)
+
+    def delete_dataset(self, name_or_id: str) -> None:
+        self.catalog.delete(name_or_id)
+
+
+# -- the worker side ---------------------------------------------------------------------------
+
+
+def run_conversion(job_id: str, owner: str, settings: IngestSettings, store: JobStore) -> str:
+    """One attempt at job ``job_id``; returns the job's status afterwards.
+
+    Raises :class:`JobBusy` when another live worker holds the job (the task retries later).
+    Every other outcome is recorded in the job store (bad input → ``failed`` with a 4xx problem).
+    """
+    claim = store.claim(job_id, owner, settings.lease_seconds)
+    if claim.outcome == "busy":
+        raise JobBusy(claim.retry_after)
+    job = store.get(job_id)
+    source_dir = Path(job.payload["source_dir"])
+    owned = bool(job.payload.get("owned"))
+    work = settings.uploads_path / f"{job_id}.work"
+    if claim.outcome != "claimed":
+        _cleanup(work, source_dir if owned else None)
+        return claim.status
+    status = "failed"
+    try:
+        status = _attempt(job, owner, settings, store, source_dir, work)
+    except _Lost:
+        log.warning("job %s: lease lost; another worker took over", job_id)
+        return store.get(job_id).status
+    if status in ("succeeded", "failed", "cancelled"):
+        _cleanup(work, source_dir if owned else None)
+    return status
+
+
+def _cleanup(work: Path, upload: Path | None) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    if upload is not None:
+        shutil.rmtree(upload, ignore_errors=True)
+
+
+def _attempt(
+    job: Job,
+    owner: str,
+    settings: IngestSettings,
+    store: JobStore,
+    source_dir: Path,
+    work: Path,
+) -> str:
+    job_id = job.id
+    manifest = IngestManifest.model_validate(job.payload["manifest"])
+    data_root = settings.data_root
+    catalog = DatasetCatalog(data_root)
+    # an earlier attempt's leftovers: its staging directory, and maybe a finished publication
+    old_staging = store.get_note(job_id, "staging_id")
+    if old_staging:
+        shutil.rmtree(data_root / "staging" / old_staging, ignore_errors=True)
+    published = catalog.find_by_job(manifest.name, job_id)
+    if published is not None:
+        store.finish(job_id, owner, "succeeded", result={"dataset": dataset_summary(published)})
+        return "succeeded"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    last = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < 0.2 and done < total:
+            return
+        last = now
+        answer = store.report_progress(job_id, owner, settings.lease_seconds, done, total)
+        if answer == "cancel":
+            raise Cancelled()
+        if answer == "lost":
+            raise _Lost()
+
+    try:
+        root = source_dir
+        if manifest.archive is not None:
+            root = work / "extracted"
+            extract_archive(resolve_file(source_dir, manifest.archive), root, limits_of(settings))
+        progress(0, 0)
+        plan = build_plan(manifest, root, limits_of(settings), work_dir=work)
+        try:
+            result = convert(
+                plan,
+                data_root,
+                on_created=lambda w: store.set_note(job_id, "staging_id", w.id),
+                chunk_bytes=settings.chunk_bytes,
+                progress=progress,
+                provenance={"job_id": job_id},
+            )
+        finally:
+            plan.close()
+    except Cancelled:
+        store.finish(job_id, owner, "cancelled")
+        return "cancelled"
+    except _Lost:
+        raise
+    except HiddenScopeError as exc:
+        problem = problem_from_exception(exc).model_dump(exclude_none=True)
+        store.finish(job_id, owner, "failed", error=problem)
+        return "failed"
+    except Exception as exc:
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        if isinstance(exc, SoftTimeLimitExceeded):
+            problem = {
+                "type": "about:blank",
+                "title": "Time limit exceeded",
+                "status": 500,
+                "detail": f"the conversion ran longer than {settings.task_time_limit}s",
+            }
+        else:
+            log.exception("job %s: conversion failed unexpectedly", job_id)
+            problem = problem_from_exception(exc).model_dump(exclude_none=True)
+        store.finish(job_id, owner, "failed", error=problem)
+        return "failed"
+    store.finish(job_id, owner, "succeeded", result={"dataset": dataset_summary(result)})
+    return "succeeded"

@@ -1,0 +1,55 @@
+"""Settings of the ingest service (env prefix ``HIDDENSCOPE_INGEST_``), built lazily."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from hiddenscope_service.settings import ServiceSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+
+class IngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="HIDDENSCOPE_INGEST_", extra="ignore")
+
+    upload_dir: Path | None = Field(
+        default=None, description="where uploads are spooled; default <data_root>/uploads"
+    )
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="server-side directories a JSON ingest request may name (none by default)",
+    )
+    max_upload_bytes: int = Field(
+        default=64 * 2**30, ge=1, description="largest request body (all files together)"
+    )
+    max_file_bytes: int = Field(default=64 * 2**30, ge=1, description="largest uploaded file")
+    max_files: int = Field(default=256, ge=1, description="most files in one upload")
+    max_array_bytes: int = Field(
+        default=2**40, ge=1, description="largest declared (uncompressed) array"
+    )
+    max_archive_bytes: int = Field(
+        default=64 * 2**30, ge=1, description="most bytes extracted from one archive"
+    )
+    max_archive_members: int = Field(default=10_000, ge=1)
+    max_compression_ratio: float = Field(
+        default=200.0, gt=1, description="largest uncompressed/compressed ratio of a member"
+    )
+    max_vocab_size: int = Field(default=50_000_000, ge=1)
+    chunk_bytes: int = Field(
+        default=64 * 2**20, ge=2**16, description="bytes of raw values converted per chunk"
+    )
+    lease_seconds: int = Field(
+        default=120, ge=2, description="a worker's job lease, renewed with every chunk"
+    )
+    queue: str = "ingest"
+
+    @property
+    def uploads_path(self) -> Path:
+        return self.upload_dir or (self.data_root / "uploads")
+
+
+@functools.cache
+def get_settings() -> IngestSettings:
+    """The process's settings (read from the environment on first use)."""
+    return IngestSettings()

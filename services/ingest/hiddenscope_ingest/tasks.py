@@ -1,0 +1,42 @@
+"""Celery tasks of the ingest service (queue ``ingest``): thin wrappers around
+:func:`hiddenscope_ingest.service.run_conversion`. Payloads carry the job id only.
+
+Run a worker with ``celery -A hiddenscope_ingest.tasks:celery_app worker -Q ingest``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from typing import Any
+
+from celery import Celery, Task
+from hiddenscope_service.jobs import JobStore
+
+from hiddenscope_ingest.service import TASK_NAME, JobBusy, run_conversion
+from hiddenscope_ingest.settings import get_settings
+
+celery_app = Celery("hiddenscope_ingest", set_as_current=False)
+celery_app.config_from_object("hiddenscope_ingest.celeryconfig")  # lazy: read on first use
+
+
+@functools.cache
+def job_store() -> JobStore:
+    s = get_settings()
+    return JobStore.from_url(
+        s.redis_url, prefix="hiddenscope:ingest", ttl_seconds=s.job_ttl_seconds,
+        max_attempts=s.max_attempts,
+    )  # fmt: skip
+
+
+@celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
+                 max_retries=None)  # fmt: skip
+def convert_task(self: Task[Any, Any], job_id: str) -> str:
+    """Convert the upload of job ``job_id`` and publish it (idempotent, at-least-once)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    try:
+        return run_conversion(job_id, owner, get_settings(), job_store())
+    except JobBusy as busy:
+        # another live attempt holds the lease; look again when it would have expired
+        raise self.retry(countdown=max(1.0, busy.retry_after), max_retries=None) from None

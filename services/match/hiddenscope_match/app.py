@@ -1,0 +1,85 @@
+"""The match service's FastAPI app: ``create_app()`` (``uvicorn --factory
+hiddenscope_match.app:create_app``). Nothing connects until a request needs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from hiddenscope_service.celery_app import make_celery
+from hiddenscope_service.jobs import JobStore
+from hiddenscope_service.problems import Problem, install_problem_handlers
+
+from hiddenscope_match.datasets import Datasets
+from hiddenscope_match.routes import router
+from hiddenscope_match.service import JOB_PREFIX, TASK_NAME, MatchService
+from hiddenscope_match.settings import MatchSettings, get_settings
+
+
+def create_app(settings: MatchSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="HiddenScope match",
+        version="1.0.0",
+        description="Dataset info, states/tokens/track windows, select, phrase search and "
+        "sharded match jobs over the datasets the ingest service publishes.",
+    )
+    install_problem_handlers(app)
+    store = JobStore.from_url(
+        settings.redis_url,
+        prefix=JOB_PREFIX,
+        ttl_seconds=settings.job_ttl_seconds,
+        max_attempts=settings.max_attempts,
+    )
+    celery = make_celery(
+        "hiddenscope_match_api",
+        broker_url=settings.celery_broker_url,
+        queue=settings.queue,
+        task_time_limit=settings.task_time_limit,
+        visibility_timeout=settings.visibility_timeout,
+    )
+
+    def enqueue(job_id: str, part: int, lo: int, hi: int) -> None:
+        celery.send_task(TASK_NAME, args=[job_id, part, lo, hi], queue=settings.queue)
+
+    app.state.service = MatchService(
+        settings=settings, store=store, enqueue=enqueue, datasets=Datasets(settings.data_root)
+    )
+    app.include_router(router)
+
+    @app.get("/healthz", summary="Liveness and Redis reachability", tags=["health"])
+    async def healthz() -> JSONResponse:
+        def ping() -> bool:
+            try:
+                return bool(store.client.ping())
+            except redis.RedisError:
+                return False
+
+        ok = await run_in_threadpool(ping)
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "redis": ok}, status_code=200 if ok else 503
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            extra = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in extra.pop("$defs", {}).items():
+                comps.setdefault(name, sub)
+            comps.setdefault("Problem", extra)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,384 @@
+"""HTTP routes of the match service (``/v1``). HTTP only: parsing, status codes, headers,
+content negotiation; everything else is in :mod:`hiddenscope_match.service`.
+
+Paths (chosen not to collide with the ingest service behind one gateway, which owns
+``/v1/datasets``, ``/v1/datasets/{name_or_id}`` and ``/v1/jobs/...``): dataset sub-resources
+``/v1/datasets/{name_or_id}/{info,layers/..,tokens,tracks/..,select,search,matches}`` and match
+jobs under ``/v1/match-jobs/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow as pa
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from hiddenscope_core.errors import InvalidQuery
+from hiddenscope_core.models import SelectQuery, SelectResult
+from hiddenscope_service.problems import problem_responses
+
+from hiddenscope_match.schemas import (
+    ARROW_STREAM,
+    ContextOptions,
+    DatasetInfo,
+    MatchJobResource,
+    MatchRequest,
+    SearchResult,
+    StatesWindow,
+    TokensWindow,
+    TrackWindow,
+)
+from hiddenscope_match.service import MatchService, finite_list, jobs_path
+
+router = APIRouter(prefix="/v1")
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def get_service(request: Request) -> MatchService:
+    service: MatchService = request.app.state.service
+    return service
+
+
+Service = Annotated[MatchService, Depends(get_service)]
+DatasetRef = Annotated[str, Path(description="dataset name or id", max_length=200)]
+LayerRef = Annotated[str, Path(description="layer name", max_length=200)]
+StartQ = Annotated[int | None, Query(ge=0, description="first step (default 0)")]
+EndQ = Annotated[int | None, Query(ge=1, description="end step, exclusive (default start+100)")]
+SequenceQ = Annotated[
+    str | None, Query(max_length=200, description="a sequence name or index (instead of steps)")
+]
+OffsetQ = Annotated[int, Query(ge=0, description="steps into the sequence")]
+LengthQ = Annotated[
+    int | None, Query(ge=1, description="window length (default: to the sequence's end)")
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="retrying with the same key and body returns the original job",
+    ),
+]
+PageSize = Annotated[int | None, Query(ge=1, description="hits per page (default: all)")]
+PageToken = Annotated[str | None, Query(max_length=2000, description="from next_page_token")]
+ContextLeft = Annotated[int | None, Query(ge=0, description="context steps before each hit")]
+ContextRight = Annotated[int | None, Query(ge=0, description="context steps after each hit")]
+ContextTracks = Annotated[
+    str | None, Query(max_length=2000, description="comma-separated meta tracks over the context")
+]
+ContextCounts = Annotated[
+    bool | None, Query(description="per-step counts of S1 cells on over the context")
+]
+ContextTokens = Annotated[bool | None, Query(description="token ids and texts of the context")]
+
+_CELLS = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*$")
+
+
+def _parse_cells(cells: str | None) -> list[int] | None:
+    if cells is None:
+        return None
+    if not _CELLS.match(cells):
+        raise InvalidQuery("cells must be comma-separated cell ids, e.g. cells=0,5,17")
+    return [int(x) for x in cells.split(",")]
+
+
+def _context(
+    left: int | None,
+    right: int | None,
+    tracks: str | None,
+    counts: bool | None,
+    tokens: bool | None,
+) -> ContextOptions | None:
+    """Context options from query parameters (``None`` if none was given: the job's own)."""
+    if left is None and right is None and tracks is None and counts is None and tokens is None:
+        return None
+    return ContextOptions(
+        left=left or 0,
+        right=right or 0,
+        tracks=[t for t in (tracks or "").split(",") if t],
+        counts=bool(counts),
+        tokens=True if tokens is None else tokens,
+    )
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    # built here, not by FastAPI, so that large windows skip response-model validation
+    return Response(
+        json.dumps(body, separators=(",", ":"), allow_nan=False),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+@router.get(
+    "/datasets/{name_or_id}/info",
+    response_model=DatasetInfo,
+    summary="Layers, sizes, threshold grids, per-cell statistics, sequences (paged) and tracks",
+    responses=problem_responses(404, 422),
+)
+def get_info(
+    name_or_id: DatasetRef,
+    service: Service,
+    cell_stats: Annotated[bool, Query(description="include per-cell statistics")] = True,
+    sequences_page_size: Annotated[int, Query(ge=1, description="sequences per page")] = 1000,
+    sequences_page_token: Annotated[str | None, Query(max_length=2000)] = None,
+) -> DatasetInfo:
+    size = min(sequences_page_size, service.settings.max_sequences_page)
+    return service.info(
+        name_or_id, cell_stats=cell_stats, page_size=size, page_token=sequences_page_token
+    )
+
+
+@router.get(
+    "/datasets/{name_or_id}/layers/{layer}/states",
+    response_model=StatesWindow,
+    summary="Transformed values of a window (JSON, or Arrow IPC stream on Accept)",
+    responses={
+        **problem_responses(404, 422),
+        200: {
+            "description": "JSON, or with `Accept: application/vnd.apache.arrow.stream` one "
+            "record batch: `step` int64 and `values` fixed_size_list<float32>[n cells] (schema "
+            "metadata: layer, cells as JSON)",
+            "content": {ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+)
+def get_states(
+    request: Request,
+    name_or_id: DatasetRef,
+    layer: LayerRef,
+    service: Service,
+    start: StartQ = None,
+    end: EndQ = None,
+    sequence: SequenceQ = None,
+    offset: OffsetQ = 0,
+    length: LengthQ = None,
+    cells: Annotated[
+        str | None, Query(max_length=200_000, description="comma-separated cell ids (default all)")
+    ] = None,
+) -> Response:
+    ds = service.dataset(name_or_id)
+    ds.layer(layer)
+    a, b = service.resolve_range(ds, start, end, sequence, offset, length)
+    values, sel = service.states(ds, layer, a, b, _parse_cells(cells))
+    if ARROW_STREAM in request.headers.get("accept", ""):
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=pa.float32())
+        table = pa.table(
+            {
+                "step": pa.array(np.arange(a, b, dtype=np.int64)),
+                "values": pa.FixedSizeListArray.from_arrays(flat, len(sel)),
+            }
+        ).replace_schema_metadata({"layer": layer, "cells": json.dumps(sel)})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return Response(sink.getvalue().to_pybytes(), media_type=ARROW_STREAM)
+    body = {
+        "layer": layer,
+        "start": a,
+        "end": b,
+        "sequence": ds.sequence_of(a),
+        "cells": sel,
+        "values": finite_list(values),
+    }
+    return _json(body)
+
+
+@router.get(
+    "/datasets/{name_or_id}/tokens",
+    response_model=TokensWindow,
+    summary="Token ids and texts of a window",
+    responses=problem_responses(404, 422),
+)
+def get_tokens(
+    name_or_id: DatasetRef,
+    service: Service,
+    start: StartQ = None,
+    end: EndQ = None,
+    sequence: SequenceQ = None,
+    offset: OffsetQ = 0,
+    length: LengthQ = None,
+) -> TokensWindow:
+    ds = service.dataset(name_or_id)
+    a, b = service.resolve_range(ds, start, end, sequence, offset, length)
+    return service.tokens(ds, a, b)
+
+
+@router.get(
+    "/datasets/{name_or_id}/tracks/{track}",
+    response_model=TrackWindow,
+    summary="A meta track over a window",
+    responses=problem_responses(404, 422),
+)
+def get_track(
+    name_or_id: DatasetRef,
+    track: Annotated[str, Path(max_length=200)],
+    service: Service,
+    start: StartQ = None,
+    end: EndQ = None,
+    sequence: SequenceQ = None,
+    offset: OffsetQ = 0,
+    length: LengthQ = None,
+) -> Response:
+    ds = service.dataset(name_or_id)
+    ds.manifest.track(track)
+    a, b = service.resolve_range(ds, start, end, sequence, offset, length)
+    return _json(service.track(ds, track, a, b).model_dump(mode="json"))
+
+
+@router.post(
+    "/datasets/{name_or_id}/select",
+    response_model=SelectResult,
+    summary="S1: cells on over [start, end) and off around it; per-step counts over a window",
+    responses=problem_responses(404, 422),
+)
+def post_select(name_or_id: DatasetRef, query: SelectQuery, service: Service) -> SelectResult:
+    return service.select(name_or_id, query)
+
+
+@router.get(
+    "/datasets/{name_or_id}/search",
+    response_model=SearchResult,
+    summary="Start steps of a phrase (token sequence), in step order",
+    responses=problem_responses(404, 422),
+)
+def get_search(
+    name_or_id: DatasetRef,
+    service: Service,
+    q: Annotated[
+        str | None, Query(max_length=10_000, description="token texts separated by spaces")
+    ] = None,
+    ids: Annotated[
+        str | None, Query(max_length=10_000, description="token ids separated by spaces")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, description="positions per page")] = 100,
+    from_step: Annotated[
+        int, Query(ge=0, description="only occurrences starting here or later")
+    ] = 0,
+    within_sequence: Annotated[
+        bool, Query(description="skip occurrences that run across a sequence boundary")
+    ] = False,
+) -> SearchResult:
+    limit = min(limit, service.settings.max_search_results)
+    return service.search(name_or_id, q, ids, limit, from_step, within_sequence)
+
+
+def _wait_seconds(wait: float | None, prefer: str | None, cap: float) -> float:
+    seconds = wait or 0.0
+    if prefer:
+        m = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", prefer)
+        if m:
+            seconds = max(seconds, float(m.group(1)))
+    return min(seconds, cap)
+
+
+async def _wait_terminal(service: MatchService, job_id: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    delay = 0.002
+    while time.monotonic() < deadline:
+        status = await run_in_threadpool(service.job_status, job_id)
+        if status is None or status in TERMINAL:
+            return
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.05)
+
+
+WaitQ = Annotated[
+    float | None,
+    Query(ge=0, description="wait up to this many seconds for the end (also `Prefer: wait=N`)"),
+]
+PreferH = Annotated[str | None, Header(alias="Prefer", max_length=200)]
+
+
+@router.post(
+    "/datasets/{name_or_id}/matches",
+    status_code=202,
+    response_model=MatchJobResource,
+    summary="Start a match job (202 + Location); with wait, 200 and the result if it ends in time",
+    responses={**problem_responses(404, 409, 422, 503), 200: {"model": MatchJobResource}},
+)
+async def post_match(
+    name_or_id: DatasetRef,
+    body: MatchRequest,
+    response: Response,
+    service: Service,
+    idempotency_key: IdempotencyKey = None,
+    wait: WaitQ = None,
+    prefer: PreferH = None,
+    page_size: PageSize = None,
+) -> MatchJobResource:
+    job, _created = await run_in_threadpool(service.submit_match, name_or_id, body, idempotency_key)
+    seconds = _wait_seconds(wait, prefer, service.settings.max_wait_seconds)
+    if seconds > 0:
+        await _wait_terminal(service, job.id, seconds)
+        job = await run_in_threadpool(service.job, job.id)
+        if prefer and "wait" in prefer:
+            response.headers["Preference-Applied"] = f"wait={seconds:g}"
+    response.headers["Location"] = jobs_path(job.id)
+    if job.terminal:
+        response.status_code = 200
+    else:
+        response.status_code = 202
+        response.headers["Retry-After"] = "1"
+    return await run_in_threadpool(
+        lambda: service.render_job(job, page_size=page_size, page_token=None, context=None)
+    )
+
+
+@router.get(
+    "/match-jobs/{job_id}",
+    response_model=MatchJobResource,
+    summary="A match job's status, progress (shards), timings, and a page of its result",
+    responses=problem_responses(404, 422),
+)
+async def get_match_job(
+    job_id: Annotated[str, Path(max_length=200)],
+    response: Response,
+    service: Service,
+    wait: WaitQ = None,
+    prefer: PreferH = None,
+    page_size: PageSize = None,
+    page_token: PageToken = None,
+    context_left: ContextLeft = None,
+    context_right: ContextRight = None,
+    context_tracks: ContextTracks = None,
+    context_counts: ContextCounts = None,
+    context_tokens: ContextTokens = None,
+) -> MatchJobResource:
+    job = await run_in_threadpool(service.job, job_id)
+    seconds = _wait_seconds(wait, prefer, service.settings.max_wait_seconds)
+    if seconds > 0 and not job.terminal:
+        await _wait_terminal(service, job_id, seconds)
+        job = await run_in_threadpool(service.job, job_id)
+    if not job.terminal:
+        response.headers["Retry-After"] = "1"
+    ctx = _context(context_left, context_right, context_tracks, context_counts, context_tokens)
+    if ctx is not None and ctx.tracks:
+        ds = await run_in_threadpool(service.datasets.get, str(job.payload["dataset_id"]))
+        for name in ctx.tracks:
+            ds.manifest.track(name)
+    return await run_in_threadpool(
+        lambda: service.render_job(job, page_size=page_size, page_token=page_token, context=ctx)
+    )
+
+
+@router.post(
+    "/match-jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=MatchJobResource,
+    summary="Cancel a match job (queued: at once; running: before its next shard starts)",
+    responses=problem_responses(404, 409),
+)
+def cancel_match_job(
+    job_id: Annotated[str, Path(max_length=200)], response: Response, service: Service
+) -> MatchJobResource:
+    job = service.cancel(job_id)
+    response.headers["Location"] = jobs_path(job.id)
+    return service.render_job(job, page_size=None, page_token=None, context=None)

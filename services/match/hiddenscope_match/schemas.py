@@ -1,0 +1,203 @@
+"""Request and response bodies of the match service's HTTP API (``/v1``).
+
+Steps are 0-based positions of the dataset's concatenated stream; every range is half-open
+``[start, end)``. Non-finite floats (NaN, ±inf) are ``null`` in JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from hiddenscope_core.models import (
+    MAX_TOP_K,
+    LayerInfo,
+    MatchHit,
+    MatchQuery,
+    MatchStats,
+    SequenceInfo,
+    TrackInfo,
+)
+from hiddenscope_service.jobs import Progress
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+class LayerDetail(BaseModel):
+    """A layer and, on request, its per-cell statistics (columns ordered by cell)."""
+
+    info: LayerInfo
+    cell_stats: dict[str, list[float | None]] | None = Field(
+        default=None,
+        description="columns cell, min, max, mean, nan_count, q01 .. q99 (one entry per cell)",
+    )
+
+
+class DatasetInfo(BaseModel):
+    id: str
+    name: str
+    description: str
+    n_steps: int
+    n_sequences: int
+    vocab_size: int
+    has_tokens: bool
+    part_steps: int
+    created_at: datetime
+    layers: list[LayerDetail]
+    tracks: list[TrackInfo]
+    sequences: list[SequenceInfo] = Field(description="one page of the declared sequences")
+    next_sequences_token: str | None = Field(
+        default=None, description="pass as sequences_page_token for the next page; absent at end"
+    )
+
+
+class StatesWindow(BaseModel):
+    layer: str
+    start: int
+    end: int
+    sequence: int = Field(description="index of the sequence holding `start`")
+    cells: list[int]
+    values: list[list[float | None]] = Field(
+        description="transformed values v, one row per step, one column per requested cell"
+    )
+
+
+class TokensWindow(BaseModel):
+    start: int
+    end: int
+    ids: list[int]
+    texts: list[str]
+
+
+class TrackWindow(BaseModel):
+    name: str
+    kind: str
+    start: int
+    end: int
+    labels: list[str] | None = Field(default=None, description="label dictionary (discrete)")
+    label: list[int] | None = Field(default=None, description="discrete: label per step, -1 none")
+    value: list[float | None] | None = Field(default=None, description="scalar: value per step")
+    ids: list[list[int]] | None = Field(default=None, description="topk: K token ids per step")
+    scores: list[list[float | None]] | None = Field(default=None, description="topk: K scores")
+
+
+class SearchResult(BaseModel):
+    query: list[str] = Field(description="the phrase's tokens")
+    token_ids: list[list[int]] = Field(description="vocabulary ids of each token (may be several)")
+    total: int = Field(description="occurrences at or after from_step")
+    positions: list[int] = Field(
+        description="start steps of the first `limit` occurrences, ascending"
+    )
+    next_from_step: int | None = Field(
+        default=None, description="pass as from_step for the next page; absent at the end"
+    )
+
+
+class ContextOptions(BaseModel):
+    """What each returned hit carries besides its numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int = Field(default=0, ge=0, description="context steps before the hit")
+    right: int = Field(default=0, ge=0, description="context steps after the hit")
+    tokens: bool = Field(default=True, description="token ids and texts of the context window")
+    tracks: list[str] = Field(default_factory=list, description="meta tracks over the window")
+    counts: bool = Field(
+        default=False, description="per step of the window: how many S1 cells are on"
+    )
+
+
+class MatchRequest(BaseModel):
+    """SPEC §2 match. Give either ``cells`` (S1) or a ``range`` ``[start, end)`` from which S1
+    is selected server-side (SPEC §2 select with the same threshold and off extents)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str
+    cells: list[int] | None = Field(
+        default=None, min_length=1, description="S1; sorted and de-duplicated by the server"
+    )
+    range: tuple[int, int] | None = Field(
+        default=None, description="[start, end) to select S1 from (inside one sequence)"
+    )
+    threshold: float = 0.3
+    left_off: int = Field(default=1, ge=0, le=10_000)
+    right_off: int = Field(default=0, ge=0, le=10_000)
+    min_length: int = Field(default=2, ge=1)
+    max_length: int | None = Field(default=None, ge=1)
+    top_k: int = Field(default=50, ge=1, le=MAX_TOP_K)
+    search_start: int | None = Field(default=None, ge=0)
+    search_end: int | None = Field(default=None, ge=1)
+    stats: bool = False
+    context: ContextOptions = Field(
+        default_factory=ContextOptions, description="default context of the result pages"
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"threshold must be a finite number, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MatchRequest:
+        if (self.cells is None) == (self.range is None):
+            raise ValueError("give exactly one of `cells` (S1) or `range` ([start, end))")
+        if self.range is not None and not 0 <= self.range[0] < self.range[1]:
+            raise ValueError(f"range {list(self.range)} must satisfy 0 <= start < end")
+        return self
+
+
+class HitContext(BaseModel):
+    start: int = Field(description="first step of the context window (clipped to the sequence)")
+    end: int
+    token_ids: list[int] | None = None
+    tokens: list[str] | None = None
+    tracks: dict[str, TrackWindow] | None = None
+    counts: list[int] | None = Field(default=None, description="S1 cells on, per step")
+
+
+class HitOut(MatchHit):
+    rank: int = Field(description="0-based position in the ranking")
+    context: HitContext | None = None
+
+
+class MatchJobResult(BaseModel):
+    query: MatchQuery = Field(description="the query as run (S1 sorted and de-duplicated)")
+    selected_from_range: tuple[int, int] | None = Field(
+        default=None, description="the range S1 was selected from, if any"
+    )
+    n_hits: int
+    threshold_on_grid: bool
+    stats: MatchStats | None = None
+    hits: list[HitOut] = Field(description="one page of the ranked hits")
+    next_page_token: str | None = Field(default=None, description="absent on the last page")
+
+
+class Timings(BaseModel):
+    queued_seconds: float | None = Field(default=None, description="created → first shard")
+    running_seconds: float | None = Field(default=None, description="first shard → finished")
+    total_seconds: float | None = Field(default=None, description="created → finished")
+
+
+class MatchJobResource(BaseModel):
+    """A match job (status monitor). ``result`` holds one page of hits once it succeeded."""
+
+    id: str
+    kind: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    progress: Progress = Field(description="shards done / total")
+    attempts: int = Field(description="shard deliveries so far (a re-delivered shard counts again)")
+    cancel_requested: bool
+    dataset_id: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings: Timings
+    result: MatchJobResult | None = None
+    error: dict[str, Any] | None = Field(default=None, description="on failure: a problem")
+    links: dict[str, str] = Field(default_factory=dict)

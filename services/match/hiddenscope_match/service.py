@@ -1,0 +1,536 @@
+"""The match service's logic between HTTP and Celery.
+
+API side: resolve datasets, read windows, select, search, submit match jobs (validate, plan the
+shards, create the job, then enqueue one ``match.run_shard`` task per shard whose payload is the
+job id and the shard's bounds, never data) and render job results with their context.
+
+Worker side (:func:`run_shard`): one shard of one job, idempotent. The shard's partial top-k is
+stored in Redis under the job (a re-run overwrites it); the task that records the last shard
+merges all partials with the core's ``merge_partials`` (exact) and finishes the job with a
+compare-and-set, so a duplicate merge is harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from hiddenscope_core.errors import InvalidQuery, NotFound
+from hiddenscope_core.match import match_shard, merge_partials, plan_shards, prepare
+from hiddenscope_core.models import (
+    MatchHit,
+    MatchPartial,
+    MatchQuery,
+    MatchResult,
+    SelectQuery,
+    SelectResult,
+    SequenceInfo,
+)
+from hiddenscope_core.reader import Dataset
+from hiddenscope_core.select import on_matrix, select_cells
+from hiddenscope_service.jobs import Job, JobStore, body_hash
+from hiddenscope_service.problems import problem_from_exception
+
+from hiddenscope_match.datasets import Datasets
+from hiddenscope_match.schemas import (
+    ContextOptions,
+    DatasetInfo,
+    HitContext,
+    HitOut,
+    LayerDetail,
+    MatchJobResource,
+    MatchJobResult,
+    MatchRequest,
+    SearchResult,
+    Timings,
+    TokensWindow,
+    TrackWindow,
+)
+from hiddenscope_match.search import parse_ids, phrase_ids, token_index
+from hiddenscope_match.settings import MatchSettings
+
+log = logging.getLogger(__name__)
+
+JOB_KIND = "match"
+TASK_NAME = "match.run_shard"
+JOB_PREFIX = "hiddenscope:match"
+
+
+def jobs_path(job_id: str) -> str:
+    return f"/v1/match-jobs/{job_id}"
+
+
+# ------------------------------------------------------------------------------ JSON helpers
+
+
+def finite_list(a: npt.NDArray[Any]) -> list[Any]:
+    """``a.tolist()`` with NaN and ±inf as ``None`` (JSON has no non-finite numbers)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        return list(a.tolist())
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return list(a.astype(np.float64).tolist())
+    obj = a.astype(np.float64).astype(object)
+    obj[bad] = None
+    return list(obj.tolist())
+
+
+def _encode_token(data: dict[str, Any]) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, what: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError
+        return data
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidQuery(f"{what} is not a token this service issued") from None
+
+
+# ------------------------------------------------------------------------------ the service
+
+
+@dataclass
+class MatchService:
+    settings: MatchSettings
+    store: JobStore
+    enqueue: Callable[[str, int, int, int], None]
+    datasets: Datasets
+
+    # -- info ----------------------------------------------------------------------------------
+
+    def dataset(self, name_or_id: str) -> Dataset:
+        return self.datasets.get(name_or_id)
+
+    def info(
+        self, name_or_id: str, *, cell_stats: bool, page_size: int, page_token: str | None
+    ) -> DatasetInfo:
+        ds = self.dataset(name_or_id)
+        m = ds.manifest
+        first = 0
+        if page_token:
+            tok = _decode_token(page_token, "sequences_page_token")
+            if tok.get("d") != ds.id or not isinstance(tok.get("s"), int):
+                raise InvalidQuery("sequences_page_token belongs to another dataset or query")
+            first = int(tok["s"])
+        starts, ends, names = ds.sequence_starts(), ds.sequence_ends(), ds.sequence_names()
+        last = min(len(names), first + page_size)
+        seqs = [
+            SequenceInfo(index=i, name=names[i], start=int(starts[i]), end=int(ends[i]))
+            for i in range(first, last)
+        ]
+        layers = []
+        for info in m.layers:
+            stats = None
+            if cell_stats:
+                stats = {k: finite_list(v) for k, v in ds.cell_stats(info.name).items()}
+            layers.append(LayerDetail(info=info, cell_stats=stats))
+        return DatasetInfo(
+            id=m.id,
+            name=m.name,
+            description=m.description,
+            n_steps=m.n_steps,
+            n_sequences=m.n_sequences,
+            vocab_size=m.vocab_size,
+            has_tokens=m.has_tokens,
+            part_steps=m.part_steps,
+            created_at=m.created_at,
+            layers=layers,
+            tracks=list(m.tracks),
+            sequences=seqs,
+            next_sequences_token=(
+                _encode_token({"d": ds.id, "s": last}) if last < len(names) else None
+            ),
+        )
+
+    # -- windows -------------------------------------------------------------------------------
+
+    def resolve_range(
+        self,
+        ds: Dataset,
+        start: int | None,
+        end: int | None,
+        sequence: str | None,
+        offset: int,
+        length: int | None,
+    ) -> tuple[int, int]:
+        """A window ``[a, b)``: by steps (``start``, ``end``; default 100 steps) or by
+        ``sequence`` (name or index) + ``offset`` + ``length`` (default: to the sequence's end).
+        Raises ``NotFound`` (sequence) and ``InvalidQuery`` (outside the data, over the cap)."""
+        T = ds.n_steps
+        if sequence is not None:
+            if start is not None or end is not None:
+                raise InvalidQuery("give either start/end or sequence/offset/length, not both")
+            names = ds.sequence_names()
+            if sequence in names:
+                i = names.index(sequence)
+            elif sequence.isdigit() and int(sequence) < len(names):
+                i = int(sequence)
+            else:
+                raise NotFound(f"no sequence {sequence!r} in dataset {ds.name!r}")
+            s_lo, s_hi = int(ds.sequence_starts()[i]), int(ds.sequence_ends()[i])
+            a = s_lo + offset
+            b = s_hi if length is None else a + length
+            if offset < 0 or a >= s_hi or b > s_hi or b <= a:
+                raise InvalidQuery(
+                    f"offset {offset} and length {length} are outside sequence {names[i]!r} "
+                    f"({s_hi - s_lo} steps)"
+                )
+        else:
+            a = 0 if start is None else start
+            b = min(T, a + 100) if end is None else end
+            if not 0 <= a < b <= T:
+                raise InvalidQuery(f"range [{a}, {b}) is not inside [0, {T}) or is empty")
+        if b - a > self.settings.max_window_steps:
+            raise InvalidQuery(
+                f"window of {b - a} steps is over the cap of {self.settings.max_window_steps}"
+            )
+        return a, b
+
+    def states(
+        self, ds: Dataset, layer: str, a: int, b: int, cells: list[int] | None
+    ) -> tuple[npt.NDArray[np.float32], list[int]]:
+        info = ds.layer(layer)
+        sel = sorted(set(cells)) if cells is not None else list(range(info.n_cells))
+        if not sel:
+            raise InvalidQuery("cells must name at least one cell")
+        bad = [c for c in sel if not 0 <= c < info.n_cells]
+        if bad:
+            raise InvalidQuery(
+                f"cells {bad[:10]} are outside layer {layer!r} (cells 0..{info.n_cells - 1})"
+            )
+        n_values = (b - a) * len(sel)
+        if n_values > self.settings.max_window_values:
+            raise InvalidQuery(
+                f"window of {b - a} steps x {len(sel)} cells = {n_values} values is over the "
+                f"cap of {self.settings.max_window_values}; ask for fewer steps or cells"
+            )
+        values = ds.window(layer, a, b, None if cells is None else np.asarray(sel))
+        return values, sel
+
+    def tokens(self, ds: Dataset, a: int, b: int) -> TokensWindow:
+        ids = ds.tokens(a, b)
+        vocab = ds.vocab()
+        return TokensWindow(start=a, end=b, ids=ids.tolist(), texts=_texts(vocab, ids))
+
+    def track(self, ds: Dataset, name: str, a: int, b: int) -> TrackWindow:
+        info = ds.manifest.track(name)
+        data = ds.track(name, a, b)
+        out = TrackWindow(name=name, kind=info.kind, start=a, end=b, labels=info.labels)
+        if "label" in data:
+            out.label = data["label"].tolist()
+        if "value" in data:
+            out.value = finite_list(data["value"])
+        if "ids" in data:
+            out.ids = data["ids"].tolist()
+            out.scores = finite_list(data["scores"])
+        return out
+
+    # -- select and search ---------------------------------------------------------------------
+
+    def select(self, name_or_id: str, query: SelectQuery) -> SelectResult:
+        return select_cells(self.dataset(name_or_id), query)
+
+    def search(
+        self,
+        name_or_id: str,
+        q: str | None,
+        ids: str | None,
+        limit: int,
+        from_step: int,
+        within_sequence: bool,
+    ) -> SearchResult:
+        ds = self.dataset(name_or_id)
+        if (q is None) == (ids is None):
+            raise InvalidQuery("give exactly one of q (token texts) or ids (token ids)")
+        words = (q or ids or "").split()
+        if not words:
+            raise InvalidQuery("the phrase is empty")
+        if len(words) > self.settings.max_phrase_tokens:
+            raise InvalidQuery(f"a phrase has at most {self.settings.max_phrase_tokens} tokens")
+        phrase = phrase_ids(ds, words) if q is not None else parse_ids(ids or "")
+        index = token_index(ds, self.settings.cache_dir or self.settings.data_root / "cache")
+        pos = index.find(phrase)
+        if within_sequence and pos.size:
+            seq_starts = ds.sequence_starts()
+            first = np.searchsorted(seq_starts, pos, side="right")
+            last = np.searchsorted(seq_starts, pos + len(phrase) - 1, side="right")
+            pos = pos[first == last]
+        pos = pos[pos >= from_step]
+        page = pos[:limit]
+        return SearchResult(
+            query=words,
+            token_ids=[p.tolist() for p in phrase],
+            total=int(pos.size),
+            positions=page.tolist(),
+            next_from_step=int(pos[limit]) if pos.size > limit else None,
+        )
+
+    # -- match jobs ----------------------------------------------------------------------------
+
+    def build_query(self, ds: Dataset, req: MatchRequest) -> MatchQuery:
+        fields = req.model_dump(exclude={"cells", "range", "context"})
+        cells = req.cells
+        if req.range is not None:
+            a, b = req.range
+            sel = select_cells(
+                ds,
+                SelectQuery(
+                    layer=req.layer,
+                    start=a,
+                    end=b,
+                    threshold=req.threshold,
+                    left_off=req.left_off,
+                    right_off=req.right_off,
+                    window_start=a,
+                    window_end=a + 1,
+                ),
+            )
+            if not sel.cells:
+                raise InvalidQuery(
+                    f"no cell of layer {req.layer!r} is on over [{a}, {b}) and off around it at "
+                    f"threshold {req.threshold}; choose another range or threshold"
+                )
+            cells = sel.cells
+        try:
+            return MatchQuery(cells=cells, **fields)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise InvalidQuery(str(exc)) from None
+
+    def submit_match(
+        self, name_or_id: str, req: MatchRequest, idempotency_key: str | None
+    ) -> tuple[Job, bool]:
+        ds = self.dataset(name_or_id)
+        digest = body_hash(ds.id, req.model_dump(mode="json"))
+        if idempotency_key:
+            old = self.store.lookup_idempotent(idempotency_key, digest)
+            if old is not None:
+                return old, False
+        if req.context.tracks:
+            for name in req.context.tracks:
+                ds.manifest.track(name)
+        self._check_context(req.context)
+        query = self.build_query(ds, req)
+        ctx = prepare(ds, query)  # validates the layer, cells and search range
+        span = ctx.search_end - ctx.search_start
+        shard_steps = max(self.settings.shard_steps, -(-span // self.settings.max_shards))
+        shards = plan_shards(ds, query, shard_steps)
+        payload = {
+            "dataset_id": ds.id,
+            "query": query.model_dump(mode="json"),
+            "selected_from_range": list(req.range) if req.range else None,
+            "context": req.context.model_dump(mode="json"),
+            "shard_steps": shard_steps,
+            "n_shards": len(shards),
+        }
+        job, created = self.store.create(
+            JOB_KIND,
+            payload,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            progress_total=len(shards),
+        )
+        if created:
+            try:
+                for i, (lo, hi) in enumerate(shards):
+                    self.enqueue(job.id, i, lo, hi)
+            except Exception as exc:
+                log.exception("enqueueing the shards of job %s failed", job.id)
+                self.store.fail(
+                    job.id,
+                    {
+                        "type": "about:blank",
+                        "title": "Service Unavailable",
+                        "status": 503,
+                        "detail": f"the job could not be queued: {type(exc).__name__}",
+                    },
+                )
+                raise
+        return job, created
+
+    def _check_context(self, ctx: ContextOptions) -> None:
+        cap = self.settings.max_context_steps
+        if ctx.left > cap or ctx.right > cap:
+            raise InvalidQuery(f"context left/right are at most {cap} steps")
+
+    def job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job.kind != JOB_KIND:
+            from hiddenscope_service.jobs import JobNotFound
+
+            raise JobNotFound(f"no match job {job_id!r}")
+        return job
+
+    def job_status(self, job_id: str) -> str | None:
+        value = self.store.client.hget(f"{JOB_PREFIX}:job:{job_id}", "status")
+        return None if value is None else str(value)
+
+    def cancel(self, job_id: str) -> Job:
+        self.job(job_id)
+        return self.store.request_cancel(job_id)
+
+    def render_job(
+        self,
+        job: Job,
+        *,
+        page_size: int | None,
+        page_token: str | None,
+        context: ContextOptions | None,
+    ) -> MatchJobResource:
+        result = None
+        if job.status == "succeeded" and job.result is not None:
+            result = self._result_page(job, page_size, page_token, context)
+        links = {"self": jobs_path(job.id)}
+        if not job.terminal:
+            links["cancel"] = jobs_path(job.id) + "/cancel"
+        if result is not None and result.next_page_token:
+            links["next"] = f"{jobs_path(job.id)}?page_token={result.next_page_token}"
+        return MatchJobResource(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            progress=job.progress,
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            dataset_id=str(job.payload.get("dataset_id", "")),
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            timings=_timings(job.created_at, job.started_at, job.finished_at),
+            result=result,
+            error=job.error,
+            links=links,
+        )
+
+    def _result_page(
+        self,
+        job: Job,
+        page_size: int | None,
+        page_token: str | None,
+        context: ContextOptions | None,
+    ) -> MatchJobResult:
+        assert job.result is not None
+        res = MatchResult.model_validate(job.result)
+        offset = 0
+        if page_token:
+            tok = _decode_token(page_token, "page_token")
+            if tok.get("j") != job.id or not isinstance(tok.get("o"), int) or tok["o"] < 0:
+                raise InvalidQuery("page_token belongs to another job")
+            offset = int(tok["o"])
+        size = min(page_size or len(res.hits) or 1, self.settings.max_page_size)
+        page = res.hits[offset : offset + size]
+        ctx = context or ContextOptions.model_validate(job.payload.get("context") or {})
+        self._check_context(ctx)
+        hits = [HitOut(rank=offset + i, **h.model_dump()) for i, h in enumerate(page)]
+        want = ctx.left or ctx.right or ctx.tracks or ctx.counts or ctx.tokens
+        if hits and want:
+            ds = self.datasets.get(str(job.payload["dataset_id"]))
+            for h in hits:
+                h.context = self._context(ds, res.query, h, ctx)
+        nxt = offset + size
+        sel = job.payload.get("selected_from_range")
+        return MatchJobResult(
+            query=res.query,
+            selected_from_range=tuple(sel) if sel else None,
+            n_hits=len(res.hits),
+            threshold_on_grid=res.threshold_on_grid,
+            stats=res.stats,
+            hits=hits,
+            next_page_token=_encode_token({"j": job.id, "o": nxt}) if nxt < len(res.hits) else None,
+        )
+
+    def _context(
+        self, ds: Dataset, query: MatchQuery, hit: MatchHit, ctx: ContextOptions
+    ) -> HitContext:
+        s_lo = int(ds.sequence_starts()[hit.sequence])
+        s_hi = int(ds.sequence_ends()[hit.sequence])
+        a, b = max(s_lo, hit.start - ctx.left), min(s_hi, hit.end + ctx.right)
+        out = HitContext(start=a, end=b)
+        if ctx.tokens and ds.manifest.has_tokens:
+            ids = ds.tokens(a, b)
+            out.token_ids = ids.tolist()
+            out.tokens = _texts(ds.vocab(), ids)
+        if ctx.tracks:
+            out.tracks = {name: self.track(ds, name, a, b) for name in ctx.tracks}
+        if ctx.counts:
+            values = ds.values(query.layer)
+            on = on_matrix(values[np.asarray(query.cells), a:b], query.threshold)
+            out.counts = on.sum(axis=0).tolist()
+        return out
+
+
+def _texts(vocab: list[str], ids: npt.NDArray[np.integer]) -> list[str]:
+    n = len(vocab)
+    return [vocab[i] if 0 <= i < n else "" for i in ids.tolist()]
+
+
+def _timings(created: datetime, started: datetime | None, finished: datetime | None) -> Timings:
+    t = Timings()
+    if started is not None:
+        t.queued_seconds = max(0.0, (started - created).total_seconds())
+    if finished is not None:
+        t.total_seconds = max(0.0, (finished - created).total_seconds())
+        if started is not None:
+            t.running_seconds = max(0.0, (finished - started).total_seconds())
+    return t
+
+
+# ------------------------------------------------------------------------------ worker side
+
+
+def run_shard(job_id: str, part: int, lo: int, hi: int, store: JobStore, datasets: Datasets) -> str:
+    """Run shard ``part`` (steps ``[lo, hi)``) of match job ``job_id``; merge and finish the job
+    if it is the last one. Idempotent; returns what happened (for logs)."""
+    begin = store.begin_part(job_id, part)
+    if begin.outcome == "cancel":
+        store.cancel_now(job_id)
+        return "cancelled"
+    if begin.outcome != "run":
+        return begin.outcome
+    job = store.get(job_id)
+    t0 = time.perf_counter()
+    try:
+        ds = datasets.get(str(job.payload["dataset_id"]))
+        query = MatchQuery.model_validate(job.payload["query"])
+        partial = match_shard(ds, query, lo, hi)
+    except Exception as exc:  # a shard error fails the whole job, with its problem
+        if not isinstance(exc, (InvalidQuery, NotFound)):
+            log.exception("shard %d [%d, %d) of job %s failed", part, lo, hi, job_id)
+        store.fail(job_id, problem_from_exception(exc).model_dump(exclude_none=True))
+        return "failed"
+    log.info("job %s shard %d [%d, %d) in %.3fs", job_id, part, lo, hi, time.perf_counter() - t0)
+    status, done, total = store.finish_part(job_id, part, partial.model_dump_json())
+    if status == "running" and done >= total:
+        return merge_job(job_id, query, store)
+    return "shard-done"
+
+
+def merge_job(job_id: str, query: MatchQuery, store: JobStore) -> str:
+    """Merge the recorded partials of a job whose shards are all done and finish it."""
+    job = store.get(job_id)
+    parts = store.parts(job_id)
+    if len(parts) < job.progress.total:
+        return "shard-done"
+    partials = [MatchPartial.model_validate_json(parts[i]) for i in sorted(parts)]
+    result = merge_partials(query, partials)
+    moved = store.transition(
+        job_id, ("running",), "succeeded", result=result.model_dump(mode="json")
+    )
+    if moved:
+        store.drop_parts(job_id)
+    return "merged" if moved else "merged-elsewhere"

@@ -1,0 +1,49 @@
+"""Settings of the match service (env prefix ``HIDDENSCOPE_MATCH_``), built lazily."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from hiddenscope_service.settings import ServiceSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+
+class MatchSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="HIDDENSCOPE_MATCH_", extra="ignore")
+
+    queue: str = "match"
+    cache_dir: Path | None = Field(
+        default=None,
+        description="derived per-dataset caches (search index); default <data_root>/cache. "
+        "Never inside a published dataset, which is immutable",
+    )
+    shard_steps: int = Field(
+        default=1 << 24, ge=1, description="steps per match shard (one Celery task each)"
+    )
+    max_shards: int = Field(
+        default=100_000, ge=1, description="most shards of one job (shard_steps grows to fit)"
+    )
+    max_window_steps: int = Field(
+        default=100_000, ge=1, description="longest states/tokens/track window"
+    )
+    max_window_values: int = Field(
+        default=1 << 22, ge=1, description="most values (steps x cells) of one states window"
+    )
+    max_context_steps: int = Field(
+        default=1000, ge=0, description="longest left or right context of a match hit"
+    )
+    max_page_size: int = Field(default=1000, ge=1, description="most hits per result page")
+    max_wait_seconds: float = Field(
+        default=60.0, ge=0, description="longest synchronous wait (?wait= or Prefer: wait=)"
+    )
+    max_search_results: int = Field(default=10_000, ge=1, description="largest search limit")
+    max_phrase_tokens: int = Field(default=64, ge=1, description="longest search phrase")
+    max_sequences_page: int = Field(default=10_000, ge=1, description="sequences per info page")
+
+
+@functools.cache
+def get_settings() -> MatchSettings:
+    """The process's settings (read from the environment on first use)."""
+    return MatchSettings()

@@ -1,0 +1,39 @@
+"""Celery tasks of the match service (queue ``match``): thin wrappers around
+:func:`hiddenscope_match.service.run_shard`. Payloads carry the job id and shard bounds only.
+
+Run a worker with ``celery -A hiddenscope_match.tasks:celery_app worker -Q match``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from celery import Celery
+from hiddenscope_service.jobs import JobStore
+
+from hiddenscope_match.datasets import Datasets
+from hiddenscope_match.service import JOB_PREFIX, TASK_NAME, run_shard
+from hiddenscope_match.settings import get_settings
+
+celery_app = Celery("hiddenscope_match", set_as_current=False)
+celery_app.config_from_object("hiddenscope_match.celeryconfig")  # lazy: read on first use
+
+
+@functools.cache
+def job_store() -> JobStore:
+    s = get_settings()
+    return JobStore.from_url(
+        s.redis_url, prefix=JOB_PREFIX, ttl_seconds=s.job_ttl_seconds,
+        max_attempts=s.max_attempts,
+    )  # fmt: skip
+
+
+@functools.cache
+def datasets() -> Datasets:
+    return Datasets(get_settings().data_root)
+
+
+@celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+def run_shard_task(job_id: str, part: int, lo: int, hi: int) -> str:
+    """Shard ``part`` (steps ``[lo, hi)``) of match job ``job_id`` (idempotent)."""
+    return run_shard(job_id, part, lo, hi, job_store(), datasets())

@@ -1,0 +1,47 @@
+"""The gateway's route table sends every path of each service's OpenAPI document to that
+service (a drift check: a new route in ingest or match that the table misroutes fails here)."""
+
+from __future__ import annotations
+
+import pytest
+from hiddenscope_gateway.settings import GatewaySettings
+
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+def _paths(app_module: str) -> list[tuple[str, str]]:
+    module = pytest.importorskip(app_module)
+    schema = module.create_app().openapi()
+    return [
+        (method.upper(), path)
+        for path, ops in schema["paths"].items()
+        for method in ops
+        if method in METHODS and path.startswith("/v1/")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("service", "app_module"),
+    [("ingest", "hiddenscope_ingest.app"), ("match", "hiddenscope_match.app")],
+)
+def test_every_api_path_goes_to_its_service(service: str, app_module: str) -> None:
+    settings = GatewaySettings()
+    paths = _paths(app_module)
+    assert paths
+    wrong = []
+    for method, path in paths:
+        route = settings.route_for(method, path.replace("{", "x").replace("}", "x"))
+        if route is None or route.upstream != service:
+            wrong.append(f"{method} {path} -> {route.upstream if route else None}")
+    assert not wrong, f"misrouted {service} paths: {wrong}"
+
+
+def test_prefix_routes_and_unknown_paths() -> None:
+    s = GatewaySettings()
+    assert s.route_for("POST", "/v1/datasets").upstream == "ingest"  # type: ignore[union-attr]
+    assert s.route_for("DELETE", "/v1/datasets/abc").upstream == "ingest"  # type: ignore[union-attr]
+    assert s.route_for("POST", "/v1/datasets/abc/matches").upstream == "match"  # type: ignore[union-attr]
+    assert s.route_for("GET", "/v1/match-jobs/j1").upstream == "match"  # type: ignore[union-attr]
+    assert s.route_for("GET", "/v1/jobs/j1").upstream == "ingest"  # type: ignore[union-attr]
+    assert s.route_for("POST", "/v1/datasets/abc") is None
+    assert s.route_for("GET", "/v2/anything") is None

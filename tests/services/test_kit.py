@@ -1,0 +1,245 @@
+"""The shared service kit: job store (real Redis), problem handlers, Celery settings."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi import FastAPI, HTTPException
+from fastapi.testclient import TestClient
+from hiddenscope_core.errors import InvalidQuery
+from hiddenscope_service.celery_app import celery_config, make_celery, redis_eviction_advice
+from hiddenscope_service.jobs import (
+    IdempotencyConflict,
+    JobNotFound,
+    JobStateConflict,
+    JobStore,
+    body_hash,
+)
+from hiddenscope_service.problems import ProblemError, install_problem_handlers
+from hiddenscope_service.testing import RedisServer
+from pydantic import BaseModel
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> JobStore:
+    import secrets
+
+    return JobStore(redis_server.client(), prefix=f"kit-{secrets.token_hex(4)}", max_attempts=2)
+
+
+def test_job_ids_are_unguessable_and_jobs_move_forward_only(store: JobStore) -> None:
+    job, created = store.create("k", {"x": 1}, progress_total=5)
+    assert created
+    assert job.status == "queued"
+    assert len(job.id) >= 22
+    assert job.progress.total == 5
+    assert job.payload == {"x": 1}
+    assert store.claim(job.id, "w1", 30).outcome == "claimed"
+    assert store.report_progress(job.id, "w1", 30, done=3) == "ok"
+    assert store.get(job.id).progress.done == 3
+    assert store.report_progress(job.id, "w2", 30, done=4) == "lost"
+    assert not store.finish(job.id, "w2", "succeeded")  # not the owner
+    assert store.finish(job.id, "w1", "succeeded", result={"r": 1})
+    done = store.get(job.id)
+    assert done.status == "succeeded"
+    assert done.result == {"r": 1}
+    assert done.finished_at
+    assert done.started_at is not None
+    assert done.created_at <= done.started_at <= done.finished_at
+    # never backwards, never finished twice
+    assert not store.transition(job.id, ("succeeded",), "running")
+    assert not store.finish(job.id, "w1", "failed", error={"status": 500})
+    assert store.claim(job.id, "w3", 30).outcome == "terminal"
+    with pytest.raises(JobStateConflict):
+        store.request_cancel(job.id)
+    with pytest.raises(JobNotFound):
+        store.get("nope")
+
+
+def test_only_one_of_racing_finishers_wins(store: JobStore) -> None:
+    job, _ = store.create("k", {})
+    store.claim(job.id, "w", 30)
+    wins: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def finish(i: int) -> None:
+        barrier.wait()
+        status = "succeeded" if i % 2 else "failed"
+        wins.append(store.transition(job.id, ("running",), status))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1
+
+
+def test_idempotency_keys(store: JobStore) -> None:
+    h1, h2 = body_hash({"a": 1}), body_hash({"a": 2})
+    assert body_hash({"b": 1, "a": 2}) == body_hash({"a": 2, "b": 1})
+    job, created = store.create("k", {}, idempotency_key="key", request_hash=h1)
+    again, created2 = store.create("k", {}, idempotency_key="key", request_hash=h1)
+    assert created
+    assert not created2
+    assert again.id == job.id
+    assert store.lookup_idempotent("key", h1) is not None
+    assert store.lookup_idempotent("other", h1) is None
+    with pytest.raises(IdempotencyConflict):
+        store.create("k", {}, idempotency_key="key", request_hash=h2)
+    with pytest.raises(IdempotencyConflict):
+        store.lookup_idempotent("key", h2)
+
+
+def test_cancel_leases_and_attempt_cap(store: JobStore) -> None:
+    queued, _ = store.create("k", {})
+    assert store.request_cancel(queued.id).status == "cancelled"
+    assert store.claim(queued.id, "w", 30).outcome == "terminal"
+
+    running, _ = store.create("k", {})
+    store.claim(running.id, "w", 30)
+    assert store.request_cancel(running.id).cancel_requested
+    assert store.report_progress(running.id, "w", 30) == "cancel"
+    assert store.finish(running.id, "w", "cancelled")
+
+    job, _ = store.create("k", {})
+    assert store.claim(job.id, "a", 30).outcome == "claimed"
+    busy = store.claim(job.id, "b", 30)
+    assert busy.outcome == "busy"
+    assert 0 < busy.retry_after <= 30
+    store.client.hset(store._job_key(job.id), "lease_until", "0")  # the holder died
+    assert store.claim(job.id, "b", 30).outcome == "claimed"
+    store.client.hset(store._job_key(job.id), "lease_until", "0")
+    exhausted = store.claim(job.id, "c", 30)
+    assert exhausted.outcome == "exhausted"
+    assert exhausted.attempts == 3
+    assert store.get(job.id).status == "failed"
+    assert store.client.ttl(store._job_key(job.id)) > 0  # finished jobs expire
+
+
+class Item(BaseModel):
+    n: int
+
+
+def _problem_app() -> FastAPI:
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/http")
+    def http() -> None:
+        raise HTTPException(404, "no such thing")
+
+    @app.get("/core")
+    def core() -> None:
+        raise InvalidQuery("threshold must be finite")
+
+    @app.get("/custom")
+    def custom() -> None:
+        raise ProblemError(429, "slow down", headers={"Retry-After": "3"}, limit=10)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    @app.post("/validate")
+    def validate(item: Item) -> Item:
+        return item
+
+    return app
+
+
+def test_problem_handlers() -> None:
+    client = TestClient(_problem_app(), raise_server_exceptions=False)
+    cases = {
+        "/http": (404, "no such thing"),
+        "/core": (422, "threshold must be finite"),
+        "/custom": (429, "slow down"),
+        "/boom": (500, "the server failed unexpectedly; the error has been logged"),
+        "/missing": (404, "Not Found"),
+    }
+    for path, (status, detail) in cases.items():
+        r = client.get(path)
+        assert r.status_code == status, path
+        assert r.headers["content-type"] == "application/problem+json"
+        body = r.json()
+        assert body["status"] == status
+        assert body["detail"] == detail
+        assert body["title"]
+        assert body["instance"] == path
+    assert "secret" not in client.get("/boom").text
+    assert "Traceback" not in client.get("/boom").text
+    custom = client.get("/custom")
+    assert custom.headers["retry-after"] == "3"
+    assert custom.json()["limit"] == 10
+    r = client.post("/validate", json={"n": "x"})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["errors"][0]["loc"] == ["body", "n"]
+    assert body["detail"].startswith("body.n")
+
+
+def test_celery_settings(redis_server: RedisServer) -> None:
+    conf = celery_config(
+        broker_url="redis://x", queue="q", task_time_limit=10, visibility_timeout=20
+    )
+    assert conf["task_acks_late"]
+    assert conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_soft_time_limit"] < conf["task_time_limit"] < 20
+    assert conf["broker_transport_options"]["visibility_timeout"] == 20
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        celery_config(broker_url="redis://x", queue="q", task_time_limit=20, visibility_timeout=20)
+    app = make_celery("t", broker_url="redis://x", queue="q")
+    assert app.conf.task_default_queue == "q"
+    client = redis_server.client()
+    assert redis_eviction_advice(client) is None
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        assert "noeviction" in (redis_eviction_advice(client) or "")
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+
+
+def test_fan_out_parts(store: JobStore) -> None:
+    """begin_part/finish_part: the first part starts the job, re-runs overwrite, progress counts
+    distinct parts, nothing is recorded after the end, and each part has an attempt cap."""
+    job, _ = store.create("fan", {}, progress_total=3)
+    begin = store.begin_part(job.id, 0)
+    assert (begin.outcome, begin.status, begin.attempts) == ("run", "running", 1)
+    running = store.get(job.id)
+    assert running.status == "running"
+    assert running.started_at is not None
+    assert store.finish_part(job.id, 0, "a") == ("running", 1, 3)
+    assert store.begin_part(job.id, 0).attempts == 2  # a redelivery runs again ...
+    assert store.finish_part(job.id, 0, "a2") == ("running", 1, 3)  # ... and overwrites
+    for part in (1, 2):
+        assert store.begin_part(job.id, part).outcome == "run"
+        store.finish_part(job.id, part, str(part))
+    assert store.parts(job.id) == {0: "a2", 1: "1", 2: "2"}
+    assert store.get(job.id).progress.done == 3
+    assert store.transition(job.id, ("running",), "succeeded", result={"ok": True})
+    store.drop_parts(job.id)
+    assert store.begin_part(job.id, 1).outcome == "terminal"
+    assert store.finish_part(job.id, 1, "late")[0] == "succeeded"
+    assert store.parts(job.id) == {}
+
+    # attempt cap per part (max_attempts=2 in this store)
+    job, _ = store.create("fan", {}, progress_total=2)
+    assert store.begin_part(job.id, 0).outcome == "run"
+    assert store.begin_part(job.id, 0).outcome == "run"
+    assert store.begin_part(job.id, 0).outcome == "exhausted"
+    failed = store.get(job.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert failed.error["title"] == "Too many attempts"
+
+    # cancel: queued → cancelled at once; running → parts see 'cancel' and cancel it
+    job, _ = store.create("fan", {}, progress_total=2)
+    store.begin_part(job.id, 0)
+    store.request_cancel(job.id)
+    assert store.begin_part(job.id, 1).outcome == "cancel"
+    assert store.cancel_now(job.id)
+    assert store.get(job.id).status == "cancelled"
+    with pytest.raises(JobNotFound):
+        store.begin_part("no-such-job", 0)

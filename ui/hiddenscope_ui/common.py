@@ -1,0 +1,236 @@
+"""What every page shares: the view state kept in the session and mirrored into the URL, the
+back/forward history, widget binding, and turning API errors into messages with a way on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from hiddenscope_ui import api
+from hiddenscope_ui.state import ParsedState, ViewState, parse_query_params, to_query_params
+
+HISTORY_LIMIT = 100
+PAGES: dict[str, Any] = {}
+"""Page name -> script path; filled by ``app.py`` (for ``st.switch_page``)."""
+
+T = TypeVar("T")
+
+
+def _read_url() -> ParsedState:
+    qp = st.query_params
+    return parse_query_params({k: qp.get_all(k) for k in qp})
+
+
+def current_view() -> ViewState:
+    """The view state: from the URL when the URL changed under us (a pasted link, a link from a
+    match result), else from the session. The URL is rewritten to match either way."""
+    qp = st.query_params.to_dict()
+    written = st.session_state.get("_qp_written")
+    if "view" not in st.session_state or (qp and qp != written):
+        parsed = _read_url()
+        st.session_state["view"] = parsed.state
+        st.session_state["url_problems"] = parsed.problems
+        _push_history(parsed.state)
+    view: ViewState = st.session_state["view"]
+    _write_url(view)
+    return view
+
+
+def _write_url(view: ViewState) -> None:
+    params = to_query_params(view)
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+    st.session_state["_qp_written"] = params
+
+
+def _push_history(view: ViewState) -> None:
+    hist: list[ViewState] = st.session_state.setdefault("history", [])
+    idx: int = st.session_state.get("history_index", len(hist) - 1)
+    if hist and 0 <= idx < len(hist) and hist[idx] == view:
+        return
+    del hist[idx + 1 :]
+    hist.append(view)
+    del hist[:-HISTORY_LIMIT]
+    st.session_state["history_index"] = len(hist) - 1
+
+
+def set_view(view: ViewState, *, history: bool = True) -> None:
+    """Make ``view`` current (session + URL); ``history`` records it for back/forward."""
+    st.session_state["view"] = view
+    if history:
+        _push_history(view)
+    _write_url(view)
+
+
+def update_view(**changes: Any) -> ViewState:
+    view = replace(current_view(), **changes)
+    set_view(view)
+    return view
+
+
+def can_go(step: int) -> bool:
+    hist: list[ViewState] = st.session_state.get("history", [])
+    idx = int(st.session_state.get("history_index", len(hist) - 1)) + step
+    return 0 <= idx < len(hist)
+
+
+def go(step: int) -> None:
+    """Back (-1) / forward (+1) through the session's history of views."""
+    hist: list[ViewState] = st.session_state.get("history", [])
+    idx = st.session_state.get("history_index", len(hist) - 1) + step
+    if 0 <= idx < len(hist):
+        st.session_state["history_index"] = idx
+        set_view(hist[idx], history=False)
+
+
+def bound(key: str, value: T) -> str:
+    """Keep widget ``key`` showing ``value`` when the view changed elsewhere (history, a jump),
+    while letting the user's own edits stand. Returns ``key`` for the widget."""
+    marker = f"_bound::{key}"
+    if st.session_state.get(marker, object()) != value:
+        st.session_state[key] = value
+        st.session_state[marker] = value
+    return key
+
+
+def accept(key: str, value: T) -> T:
+    """Record that the widget ``key`` now shows ``value`` (after the user changed it)."""
+    st.session_state[f"_bound::{key}"] = value
+    return value
+
+
+def show_url_problems() -> None:
+    problems: list[str] = st.session_state.pop("url_problems", [])
+    if problems:
+        st.warning("This link had parameters that could not be used:\n\n- " + "\n- ".join(problems))
+
+
+def show_api_error(exc: api.ApiError, *, where: str = "") -> None:
+    """A clear message and a way on (retry, the datasets page) instead of a traceback."""
+    prefix = f"{where}: " if where else ""
+    if isinstance(exc, api.ApiUnavailable):
+        st.error(f"{prefix}The HiddenScope API is not reachable.\n\n{exc.message}", icon="🔌")
+    elif isinstance(exc, api.NotFound):
+        st.error(f"{prefix}Not found: {exc.message}", icon="🔎")
+    elif isinstance(exc, api.JobFailed):
+        st.error(f"{prefix}The job failed: {exc.message}", icon="⚠️")
+    elif isinstance(exc, api.BadRequest):
+        st.error(f"{prefix}The API refused the request: {exc.message}", icon="⚠️")
+    else:
+        st.error(f"{prefix}{exc.message}", icon="⚠️")
+    c1, c2, _ = st.columns([1, 2, 5])
+    if c1.button("Retry", key=f"retry-{id(exc)}-{where}"):
+        st.cache_data.clear()
+        st.rerun()
+    if "datasets" in PAGES:
+        c2.page_link(PAGES["datasets"], label="Go to the datasets", icon="🗂️")
+
+
+@contextmanager
+def api_errors(where: str = "") -> Iterator[None]:
+    """``with api_errors(): ...`` shows any :class:`api.ApiError` and stops the page."""
+    try:
+        yield
+    except api.ApiError as exc:
+        show_api_error(exc, where=where)
+        st.stop()
+
+
+def call(fn: Callable[..., T], *args: Any, where: str = "", **kwargs: Any) -> T:
+    with api_errors(where):
+        return fn(*args, **kwargs)
+
+
+def open_dataset(view: ViewState) -> dict[str, Any] | None:
+    """The current dataset's manifest, or a message and ``None``: none chosen, or it was
+    deleted while open (then the view forgets it)."""
+    if not view.dataset:
+        return None
+    try:
+        return api.dataset(api.base_url(), view.dataset)
+    except api.NotFound:
+        st.error(
+            f"Dataset **{view.dataset}** does not exist (any more): it may have been deleted "
+            "while open, or the link is stale.",
+            icon="🗑️",
+        )
+        if st.button("Choose another dataset"):
+            set_view(view.with_dataset(None))
+            st.rerun()
+        if "datasets" in PAGES:
+            st.page_link(PAGES["datasets"], label="Go to the datasets", icon="🗂️")
+        st.stop()
+    except api.ApiError as exc:
+        show_api_error(exc, where="loading the dataset")
+        st.stop()
+    return None
+
+
+def dataset_picker(view: ViewState, *, where: Any = None) -> ViewState:
+    """Dataset and layer choice (sidebar); returns the possibly changed view."""
+    box = where if where is not None else st.sidebar
+    try:
+        items = api.list_datasets(api.base_url())
+    except api.ApiError as exc:
+        with box:
+            st.caption(f"datasets unavailable: {exc.message}")
+        return view
+    names = [d["name"] for d in items]
+    if (
+        view.dataset
+        and view.dataset not in names
+        and not any(d.get("id") == view.dataset for d in items)
+    ):
+        names = [view.dataset, *names]
+    if not names:
+        return view
+    key = bound("pick-dataset", view.dataset if view.dataset in names else None)
+    chosen = box.selectbox("Dataset", names, key=key, placeholder="choose a dataset", index=None)
+    if chosen != view.dataset and chosen is not None:
+        accept("pick-dataset", chosen)
+        view = view.with_dataset(chosen)
+        set_view(view)
+    return view
+
+
+def layer_picker(view: ViewState, manifest: dict[str, Any], *, where: Any = None) -> ViewState:
+    box = where if where is not None else st.sidebar
+    layers = [layer["name"] for layer in manifest.get("layers", [])]
+    if not layers:
+        box.warning("this dataset has no layers")
+        return view
+    if view.layer not in layers:
+        if view.layer is not None:
+            st.warning(f"Layer **{view.layer}** is not in this dataset; showing **{layers[0]}**.")
+            view = view.with_layer(layers[0])
+        else:  # no layer in the link: the first one, keeping the rest of the state
+            view = replace(view, layer=layers[0])
+        set_view(view, history=False)
+    labels = {
+        layer[
+            "name"
+        ]: f"{layer['name']} ({layer['n_cells']} cells, {layer.get('transform', 'none')})"
+        for layer in manifest["layers"]
+    }
+    key = bound("pick-layer", view.layer)
+    chosen = box.selectbox("Layer", layers, key=key, format_func=lambda n: labels.get(n, n))
+    if chosen != view.layer:
+        accept("pick-layer", chosen)
+        view = view.with_layer(chosen)
+        set_view(view)
+    return view
+
+
+def layer_info(manifest: dict[str, Any], name: str | None) -> dict[str, Any]:
+    for layer in manifest.get("layers", []):
+        if layer["name"] == name:
+            return dict(layer)
+    return {}
+
+
+def track_infos(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: dict(t) for t in manifest.get("tracks", [])}

@@ -1,0 +1,502 @@
+"""Select view (paper §5.2, Fig. 1a): the cells over a window of steps, the threshold, a range
+brushed on the words with its off extents, the on-count heatmap under the words, the selected
+cells, meta tracks, and navigation (back/forward, shift, zoom, jump, phrase search)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import streamlit as st
+from hiddenscope_ui import api, charts
+from hiddenscope_ui.common import (
+    PAGES,
+    accept,
+    bound,
+    can_go,
+    current_view,
+    dataset_picker,
+    go,
+    layer_info,
+    layer_picker,
+    open_dataset,
+    set_view,
+    show_api_error,
+    show_url_problems,
+    track_infos,
+)
+from hiddenscope_ui.state import LEFT_CONTEXT, MAX_CW, MIN_CW, SequenceRef, ViewState, parse_jump
+
+SUMMARY_ABOVE = 400
+# Windows longer than this many steps show per-bin min/max summaries.
+SUMMARY_BINS = 300
+SHIFT = 5
+
+
+def _sequence_refs(manifest: dict[str, Any]) -> list[SequenceRef]:
+    try:
+        seqs = api.sequences(api.base_url(), manifest["id"])
+    except api.ApiError:
+        seqs = []
+    if not seqs:
+        return [SequenceRef(0, "all", 0, int(manifest["n_steps"]))]
+    return [SequenceRef(s["index"], s["name"], s["start"], s["end"]) for s in seqs]
+
+
+def _where(step: int, seqs: list[SequenceRef]) -> str:
+    for s in seqs:
+        if s.start <= step < s.end:
+            return f"{s.name}:{step - s.start:,}" if len(seqs) > 1 else f"step {step:,}"
+    return f"step {step:,}"
+
+
+def _navigation(view: ViewState, n_steps: int, seqs: list[SequenceRef]) -> ViewState:
+    """Back/forward, shift, zoom, jump and phrase search (a row above the plot)."""
+    cols = st.columns([1, 1, 1, 1, 1, 1, 1, 1, 5], vertical_alignment="bottom")
+    span = view.window(n_steps)[1] - view.window(n_steps)[0]
+    if cols[0].button("⟵", help="back (history)", disabled=not can_go(-1)):
+        go(-1)
+        st.rerun()
+    if cols[1].button("⟶", help="forward (history)", disabled=not can_go(+1)):
+        go(+1)
+        st.rerun()
+    moves = {
+        2: ("«", -span),
+        3: ("‹", -SHIFT),
+        4: ("›", SHIFT),
+        5: ("»", span),
+    }
+    for i, (label, delta) in moves.items():
+        if cols[i].button(label, key=f"shift{i}", help=f"shift the window by {delta:+,} steps"):
+            pos = min(max(0, view.pos + delta), max(0, n_steps - 1))
+            set_view(replace(view, pos=pos))
+            st.rerun()
+    zoom_in = cols[6].button("A+", help="wider words (zoom in)", disabled=view.cw >= MAX_CW)
+    if zoom_in:
+        cw = view.cw + 5 if view.cw >= 5 else min(5.0, view.cw * 4)
+        set_view(replace(view, cw=min(MAX_CW, cw)))
+        st.rerun()
+    zoom_out = cols[7].button("A−", help="narrower words (zoom out)", disabled=view.cw <= MIN_CW)
+    if zoom_out:
+        cw = view.cw - 5 if view.cw > 5 else view.cw / 4
+        set_view(replace(view, cw=max(MIN_CW, cw)))
+        st.rerun()
+    with cols[8].form("jump", clear_on_submit=False, border=False):
+        j1, j2 = st.columns([3, 1], vertical_alignment="bottom")
+        target = j1.text_input(
+            "Jump to step or sequence:offset", placeholder=f"e.g. 1200 or {seqs[0].name}:100"
+        )
+        if j2.form_submit_button("Go"):
+            try:
+                step = parse_jump(target, seqs, n_steps)
+            except ValueError as exc:
+                st.session_state["jump_error"] = str(exc)
+            else:
+                set_view(replace(view, pos=step))
+                st.rerun()
+    if err := st.session_state.pop("jump_error", None):
+        st.warning(err)
+    return view
+
+
+def _search(view: ViewState, ds_id: str) -> None:
+    with st.sidebar.expander("Phrase search", expanded=False):
+        with st.form("search", border=False):
+            q = st.text_input("Phrase", key="search-q")
+            submitted = st.form_submit_button("Search")
+        if submitted and q.strip():
+            st.session_state["search-run"] = q.strip()
+        q_run = st.session_state.get("search-run")
+        if not q_run:
+            return
+        try:
+            hits = api.search(api.base_url(), ds_id, q_run, 20)
+        except api.ApiError as exc:
+            st.warning(f"search failed: {exc.message}")
+            return
+        if not hits:
+            st.caption(f"no hits for “{q_run}”")
+            return
+        st.caption(f"{len(hits)} hits for “{q_run}”")
+        for i, h in enumerate(hits):
+            start = int(h.get("start", h.get("index", h.get("pos", 0))))
+            end = int(h.get("end", start + max(1, len(q_run.split()))))
+            label = f"{start:,}: {str(h.get('text', ''))[:60]}"
+            if st.button(label, key=f"hit-{i}-{start}"):
+                set_view(replace(view, pos=start, range=(start, end), cells=(), hl=None))
+                st.rerun()
+
+
+def _controls(view: ViewState, manifest: dict[str, Any], layer: dict[str, Any]) -> ViewState:
+    sb = st.sidebar
+    lo = layer.get("value_min")
+    hi = layer.get("value_max")
+    help_range = (
+        f"layer values span [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else None
+    )
+    thr = sb.number_input(
+        "Threshold θ",
+        step=0.01,
+        format="%.3f",
+        key=bound("thr", float(view.threshold)),
+        help=help_range,
+    )
+    if thr != view.threshold and math.isfinite(thr):
+        accept("thr", thr)
+        view = replace(view, threshold=round(float(thr), 6))
+        set_view(view)
+    c1, c2 = sb.columns(2)
+    zl = c1.number_input(
+        "off before",
+        min_value=0,
+        max_value=1000,
+        step=1,
+        key=bound("zl", view.off[0]),
+        help="steps before the range that must be off",
+    )
+    zr = c2.number_input(
+        "off after",
+        min_value=0,
+        max_value=1000,
+        step=1,
+        key=bound("zr", view.off[1]),
+        help="steps after the range that must be off",
+    )
+    if (int(zl), int(zr)) != view.off:
+        accept("zl", int(zl))
+        accept("zr", int(zr))
+        view = replace(view, off=(int(zl), int(zr)))
+        set_view(view)
+    tracks = track_infos(manifest)
+    if tracks:
+        wanted = [t for t in view.tracks if t in tracks]
+        chosen = sb.multiselect(
+            "Meta tracks",
+            list(tracks),
+            key=bound("tracks", wanted),
+            format_func=lambda n: f"{n} ({tracks[n]['kind']})",
+        )
+        if tuple(chosen) != view.tracks:
+            accept("tracks", chosen)
+            view = replace(view, tracks=tuple(chosen))
+            set_view(view)
+    with sb.expander("Cells by hand"):
+        text = st.text_input(
+            "Cell ids (used when no range is brushed)",
+            key=bound("cells-text", ",".join(map(str, view.cells))),
+            placeholder="3,7,11",
+        )
+        if st.button("Use these cells"):
+            try:
+                cells = tuple(sorted({int(x) for x in text.replace(" ", "").split(",") if x}))
+                n_cells = int(layer.get("n_cells", 0))
+                if any(c < 0 or c >= n_cells for c in cells):
+                    raise ValueError(f"cell ids are 0 .. {n_cells - 1}")
+            except ValueError as exc:
+                st.warning(f"not a list of cell ids: {exc}")
+            else:
+                set_view(replace(view, cells=cells, range=None, hl=None))
+                st.rerun()
+    return view
+
+
+def _range_control(view: ViewState, ws: int, we: int, texts: list[str]) -> ViewState:
+    """Range over the words of the window (also set by a box selection on the plot)."""
+    c1, c2 = st.columns([8, 1], vertical_alignment="bottom")
+    steps = list(range(ws, we))
+
+    def label(t: int) -> str:
+        i = t - ws
+        word = texts[i] if 0 <= i < len(texts) else ""
+        return f"{t} {word}" if word else str(t)
+
+    if view.range is not None and ws <= view.range[0] and view.range[1] - 1 < we:
+        current: tuple[int, int] = (view.range[0], view.range[1] - 1)
+    else:
+        first = steps[min(LEFT_CONTEXT, len(steps) - 1)]
+        current = (first, first)
+    # the key follows the state, so a change made elsewhere (box drag, history, jump) shows
+    picked_pair: Any = c1.select_slider(
+        "Range over the words (first, last)",
+        options=steps,
+        value=current,
+        format_func=label,
+        key=f"range-{ws}-{we}-{current[0]}-{current[1]}",
+    )
+    if not isinstance(picked_pair, tuple | list):
+        picked_pair = (picked_pair, picked_pair)
+    a, b_incl = int(picked_pair[0]), int(picked_pair[1])
+    if (a, b_incl) != current:
+        view = replace(view, range=(a, b_incl + 1), hl=None)
+        set_view(view)
+        st.rerun()
+    if c2.button(
+        "Clear", help="clear the range (keep hand-picked cells)", disabled=view.range is None
+    ):
+        set_view(replace(view, range=None, cells=(), hl=None))
+        st.rerun()
+    return view
+
+
+def _apply_box(view: ViewState, event: Any, ws: int, we: int) -> None:
+    """A plotly box selection on the x axis becomes the range (steps whose centre is inside)."""
+    try:
+        boxes = event["selection"]["box"]
+    except (KeyError, TypeError):
+        return
+    if not boxes:
+        return
+    xs = boxes[0].get("x") or []
+    if len(xs) < 2:
+        return
+    x0, x1 = sorted(float(x) for x in xs[:2])
+    key = (round(x0, 3), round(x1, 3))
+    if st.session_state.get("_last_box") == key:
+        return
+    st.session_state["_last_box"] = key
+    a = max(ws, math.ceil(x0))
+    b = min(we, math.floor(x1) + 1)
+    if b <= a:
+        a = min(max(ws, round((x0 + x1) / 2)), we - 1)
+        b = a + 1
+    set_view(replace(view, range=(a, b), hl=None))
+    st.rerun()
+
+
+def _track_rows(
+    ds_id: str, view: ViewState, tracks_meta: dict[str, dict[str, Any]], ws: int, we: int
+) -> list[charts.TrackRows]:
+    rows: list[charts.TrackRows] = []
+    for name in view.tracks:
+        info = tracks_meta.get(name)
+        if info is None:
+            continue
+        try:
+            tw = api.track(api.base_url(), ds_id, name, ws, we)
+        except api.ApiError as exc:
+            st.warning(f"track {name}: {exc.message}")
+            continue
+        rows.append(
+            charts.track_rows(
+                name,
+                str(tw.get("kind") or info["kind"]),
+                we - ws,
+                labels=tw.get("labels"),
+                label_names=tw.get("label_names") or info.get("labels"),
+                values=tw.get("values"),
+                texts=tw.get("texts"),
+                ids=tw.get("ids"),
+                scores=tw.get("scores"),
+            )
+        )
+    return rows
+
+
+def _selection(
+    view: ViewState, ds_id: str, ws: int, we: int, values: np.ndarray[Any, Any] | None
+) -> tuple[list[int], list[int] | None, str | None]:
+    """S1 and the per-step on-counts over the window: from the server's select when a range is
+    brushed, else the hand-picked cells (counts from the window's values)."""
+    if view.range is not None:
+        a, b = view.range
+        query = {
+            "layer": view.layer,
+            "start": a,
+            "end": b,
+            "threshold": view.threshold,
+            "left_off": view.off[0],
+            "right_off": view.off[1],
+            "window_start": ws,
+            "window_end": we,
+        }
+        # a per-session memo of the last select (not a cache: POSTs are never cached)
+        memo_key = api.dumps([api.base_url(), ds_id, query])
+        memo = st.session_state.get("_select_memo")
+        if memo and memo[0] == memo_key:
+            res = memo[1]
+        else:
+            try:
+                res = api.client().select(ds_id, query)
+            except api.ApiError as exc:
+                return [], None, exc.message
+            st.session_state["_select_memo"] = (memo_key, res)
+        cells = [int(c) for c in res.get("cells", [])]
+        counts = res.get("counts")
+        if counts is not None and int(res.get("window_start", ws)) == ws and len(counts) == we - ws:
+            return cells, [int(c) for c in counts], None
+        return cells, _counts(values, cells, view.threshold), None
+    cells = list(view.cells)
+    return cells, _counts(values, cells, view.threshold), None
+
+
+def _counts(
+    values: np.ndarray[Any, Any] | None, cells: list[int], threshold: float
+) -> list[int] | None:
+    if values is None or not cells:
+        return None
+    idx = [c for c in cells if c < values.shape[1]]
+    return [int(x) for x in (values[:, idx] >= threshold).sum(axis=1)]
+
+
+def render() -> None:
+    view = current_view()
+    show_url_problems()
+    view = dataset_picker(view)
+    manifest = open_dataset(view)
+    if manifest is None:
+        st.title("Select view")
+        st.info("Choose a dataset in the sidebar, or upload one on the datasets page.")
+        if "datasets" in PAGES:
+            st.page_link(PAGES["datasets"], label="Datasets", icon="🗂️")
+        return
+    view = layer_picker(view, manifest)
+    layer = layer_info(manifest, view.layer)
+    n_steps = int(manifest["n_steps"])
+    ds_id = str(manifest["id"])
+    if view.pos >= n_steps:
+        st.warning(f"Position {view.pos:,} is past the end ({n_steps:,} steps); showing the start.")
+        view = replace(view, pos=0)
+        set_view(view, history=False)
+    seqs = _sequence_refs(manifest)
+    view = _controls(view, manifest, layer)
+    _search(view, ds_id)
+
+    ws, we = view.window(n_steps)
+    st.markdown(
+        f"**{manifest['name']}** · layer **{view.layer}** · {_where(ws, seqs)} – "
+        f"{_where(we - 1, seqs)} · {we - ws:,} steps of {n_steps:,} · "
+        f"word width {view.cw:g}px"
+    )
+    _navigation(view, n_steps, seqs)
+    yr_data: np.ndarray[Any, Any]
+    summary_mode = we - ws > SUMMARY_ABOVE
+    if summary_mode:
+        try:
+            summ = api.summary(
+                api.base_url(),
+                ds_id,
+                str(view.layer),
+                ws,
+                we,
+                SUMMARY_BINS,
+                int(layer.get("n_cells", 64)),
+            )
+        except api.ApiError as exc:
+            show_api_error(exc, where="reading the summary")
+            return
+        cells_sel, _counts_unused, select_error = _selection(view, ds_id, ws, we, None)
+        yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), summ["maxs"])
+        fig = charts.summary_figure(
+            bin_starts=summ["bin_starts"],
+            cells=summ["cells"],
+            mins=summ["mins"],
+            maxs=summ["maxs"],
+            selected=cells_sel,
+            highlight=view.hl,
+            threshold=view.threshold,
+            brush=view.range,
+            yrange=yr,
+        )
+        st.caption(
+            f"{we - ws:,} steps: per-bin min..max of every cell (grey) and of the selected cells "
+            "(blue). Zoom in (A+) to see words, the on-count row and meta tracks."
+        )
+        event = st.plotly_chart(
+            fig,
+            key="summary-plot",
+            on_select="rerun",
+            selection_mode="box",
+            config={"displaylogo": False},
+        )
+        _apply_box(view, event, ws, we)
+    else:
+        try:
+            window = api.states(api.base_url(), ds_id, str(view.layer), ws, we)
+            toks = (
+                api.tokens(api.base_url(), ds_id, ws, we)
+                if manifest.get("has_tokens", True)
+                else None
+            )
+        except api.NotFound as exc:
+            show_api_error(exc, where="reading the window")
+            return
+        except api.ApiError as exc:
+            show_api_error(exc, where="reading the window")
+            return
+        texts = toks["texts"] if toks else [str(t) for t in range(ws, we)]
+        if len(texts) < we - ws:
+            texts = texts + [""] * (we - ws - len(texts))
+        values = window["values"]
+        cells_sel, counts, select_error = _selection(view, ds_id, ws, we, values)
+        yr_data = values
+        yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), yr_data)
+        track_rows = _track_rows(ds_id, view, track_infos(manifest), ws, we)
+        fig = charts.select_figure(
+            start=ws,
+            texts=texts,
+            values=values,
+            cells=window["cells"],
+            selected=cells_sel,
+            highlight=view.hl,
+            threshold=view.threshold,
+            brush=view.range,
+            off=view.off,
+            counts=counts,
+            tracks=track_rows,
+            yrange=yr,
+        )
+        event = st.plotly_chart(
+            fig,
+            key="select-plot",
+            on_select="rerun",
+            selection_mode="box",
+            config={"displaylogo": False, "scrollZoom": False},
+        )
+        _apply_box(view, event, ws, we)
+        view = _range_control(view, ws, we, texts)
+    if select_error:
+        st.warning(f"Selection not possible: {select_error}")
+    _cell_list(view, cells_sel)
+
+
+def _cell_list(view: ViewState, cells: list[int]) -> None:
+    if view.range is not None:
+        a, b = view.range
+        what = (
+            f"on over [{a:,}, {b:,}) and off {view.off[0]} before / {view.off[1]} after "
+            f"at θ = {view.threshold:g}"
+        )
+    elif view.cells:
+        what = "chosen by hand (or from a link)"
+    else:
+        st.caption(
+            "Brush a range over the words (slider or a box drag on the plot) to select cells."
+        )
+        return
+    st.markdown(f"**{len(cells)} selected cells** — {what}")
+    if not cells:
+        return
+    shown = cells[:400]
+    hl = st.pills(
+        "Selected cells (pick one to highlight it)",
+        shown,
+        selection_mode="single",
+        key=bound("hl", view.hl if view.hl in shown else None),
+        format_func=str,
+    )
+    if hl != view.hl:
+        accept("hl", hl)
+        set_view(replace(view, hl=hl, cells=tuple(cells) if view.range is not None else view.cells))
+        st.rerun()
+    if len(cells) > len(shown):
+        st.caption(f"… and {len(cells) - len(shown)} more")
+    if view.range is not None and tuple(cells) != view.cells:
+        # keep S1 in the URL (the original's `sc`) so a shared link carries it
+        set_view(replace(view, cells=tuple(cells)), history=False)
+    if "match" in PAGES:
+        st.page_link(PAGES["match"], label=f"Match these {len(cells)} cells", icon="🧩")
+
+
+render()
