@@ -330,14 +330,21 @@ def extras_from_values(
 
 
 @nb.njit(cache=True, nogil=True)
-def count_planes(s1w: np.ndarray, nb_bits: int) -> np.ndarray:
-    """Bit-sliced sum of the rows of ``s1w``: returns ``(nb_bits, nw)`` planes, plane ``i``
-    holding bit ``i`` of ``n[t]``."""
-    n1, nw = s1w.shape
+def count_planes(
+    src: np.ndarray, rows: np.ndarray, src_w0: int, nw: int, nb_bits: int, local_hi: int
+) -> np.ndarray:
+    """Bit-sliced sum of the S1 on-bits: ``src[rows[r], src_w0 + w]`` for ``w < nw``, bits from
+    ``local_hi`` (relative to word ``src_w0``) on counted as 0. Returns ``(nb_bits, nw)``
+    planes, plane ``i`` holding bit ``i`` of ``n[t]``. Reads the planes in place (no copy)."""
+    n1 = rows.shape[0]
     P = np.zeros((nb_bits, nw), dtype=np.uint64)
     for w in range(nw):
+        lo_bit = w << 6
+        if lo_bit >= local_hi:
+            break
+        keep = ALL if lo_bit + 64 <= local_hi else _mask_below(local_hi - lo_bit)
         for r in range(n1):
-            carry = s1w[r, w]
+            carry = src[rows[r], src_w0 + w] & keep
             i = 0
             while carry != np.uint64(0) and i < nb_bits:
                 p = P[i, w]
@@ -435,7 +442,10 @@ def _popcount_and(a: np.ndarray, b: np.ndarray, invert_b: bool) -> int:
 
 @nb.njit(cache=True, nogil=True)
 def match_kernel(
-    s1w: np.ndarray,
+    src: np.ndarray,
+    src_rows: np.ndarray,
+    src_w0: int,
+    nw: int,
     w0: int,
     s1_exact: np.ndarray,
     e0: int,
@@ -469,8 +479,9 @@ def match_kernel(
 ) -> tuple[np.ndarray, int, int, int]:
     """Rank the candidates that start in ``[own_lo, own_hi)`` and end at or before ``filt_end``.
 
-    ``s1w`` (modified: bits from ``scan_hi`` on are cleared) covers words ``[w0, w0 + nw)`` and
-    must contain every step up to ``scan_hi``, a step
+    The S1 on-bits over words ``[w0, w0 + nw)`` are ``src[src_rows[r], src_w0 + w]`` (the grid
+    planes in place, or bits packed from the values); they must cover every step up to
+    ``scan_hi``, a step
     where every owned run has ended (n = 0, a sequence start or past ``filt_end``). ``s1mask``
     is S1 as a bit mask over cells. Returns ``(H, size, n_candidates, n_long)``: ``H[:size]``
     rows ``(start, end, I, U, level)`` in heap order. With ``want_stats``, ``hist`` and
@@ -481,24 +492,12 @@ def match_kernel(
     disjoint candidates, so a candidate below it cannot be in the global top k). Shards running
     at the same time read and raise it; a stale value only prunes less.
     """
-    n1, nw = s1w.shape
-    # steps at or past scan_hi are forced to n = 0: nothing beyond is needed or owned
-    # (s1w is the caller's scratch copy: masked in place)
-    buf = s1w
-    local_hi = scan_hi - (w0 << 6)
-    for w in range(nw):
-        lo_bit = w << 6
-        if lo_bit >= local_hi:
-            for r in range(n1):
-                buf[r, w] = np.uint64(0)
-        elif lo_bit + 64 > local_hi:
-            keep = _mask_below(local_hi - lo_bit)
-            for r in range(n1):
-                buf[r, w] &= keep
+    n1 = src_rows.shape[0]
     nb_bits = 1
     while (1 << nb_bits) <= n1:
         nb_bits += 1
-    P = count_planes(buf, nb_bits)
+    # steps at or past scan_hi count as n = 0: nothing beyond is needed or owned
+    P = count_planes(src, src_rows, src_w0, nw, nb_bits, scan_hi - (w0 << 6))
     cur = np.zeros(nw, dtype=np.uint64)
     above = np.zeros(nw, dtype=np.uint64)  # M_{m+1}
     acc = np.zeros(s1mask.shape[0], dtype=np.uint64)

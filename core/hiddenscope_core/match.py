@@ -241,12 +241,16 @@ def _match_range(
     w1 = max(n_words(scan_hi), w0 + 1)
     # off the grid the exact S1 bits also decide the intersection: they must then reach as far
     # as a candidate's off-extents do
-    e0, e1 = w0, w1
-    if not ctx.on_grid:
+    if ctx.on_grid:
+        # the kernel counts straight from the planes; S2 comes from the row-major planes
+        e0 = w0
+        s1_exact = np.zeros((ctx.s1.size, 1), dtype=np.uint64)
+        src, src_rows, src_w0 = ctx.planes, ctx.s1, w0
+    else:
         e0 = max(own_lo - 1 - q.left_off, 0) >> 6
         e1 = max(n_words(min(scan_hi + q.right_off, T)), w1)
-    s1_exact = _s1_words(ctx, e0, e1)
-    s1w = s1_exact[:, w0 - e0 : w1 - e0].copy()
+        s1_exact = _s1_words(ctx, e0, e1)
+        src, src_rows, src_w0 = s1_exact, np.arange(ctx.s1.size, dtype=np.int64), w0 - e0
     scan_len = (w1 - w0) << 6
     bins = min(scan_len, _HIST_BINS) + 1
     hist = np.zeros(bins if q.stats else 1, dtype=np.int64)
@@ -255,7 +259,10 @@ def _match_range(
     long_len = np.zeros((n_long_cap, 2), dtype=np.int64)
     max_len = q.max_length if q.max_length is not None else np.iinfo(np.int64).max
     H, size, n_cand, n_long = match_kernel(
-        s1w,
+        src,
+        src_rows,
+        src_w0,
+        w1 - w0,
         w0,
         s1_exact,
         e0,
