@@ -291,20 +291,20 @@ def main() -> None:
         report[str(steps)] = {"build": b, "sizes": sz, "queries": q}
         if not args.keep:
             shutil.rmtree(path, ignore_errors=True)
-    # the original tool's precise mode: T = 1e6 x D = 200
-    shutil.rmtree(args.root / "datasets", ignore_errors=True)
-    shutil.rmtree(args.root / "names", ignore_errors=True)
-    small = ["--root", str(args.root), "--cells", "200", "--dtype", "float32"]
+    # the original tool's precise mode: T = 1e6 x D = 200 (own root: --keep keeps the above)
+    small_root = args.root / "small"
+    shutil.rmtree(small_root, ignore_errors=True)
+    small = ["--root", str(small_root), "--cells", "200", "--dtype", "float32"]
     b = _run_child("build", "--steps", "1000000", *small)
-    path = args.root / "datasets" / b["id"]
+    path = small_root / "datasets" / b["id"]
     q = _run_child("query", "--path", str(path), "--repeats", str(args.repeats))
     _print_report(1_000_000, b, sizes(path, 1_000_000, 200), q)
     report["1000000x200"] = {"build": b, "queries": q}
     shutil.rmtree(path, ignore_errors=True)
     # window reads: 500 steps x D = 1024
-    wide = ["--root", str(args.root), "--cells", "1024", "--dtype", "float32"]
+    wide = ["--root", str(small_root), "--cells", "1024", "--dtype", "float32"]
     b = _run_child("build", "--steps", "200000", *wide)
-    path = args.root / "datasets" / b["id"]
+    path = small_root / "datasets" / b["id"]
     w = _run_child("window", "--path", str(path), "--repeats", str(args.repeats))
     p50, worst = w["window_500_p50_ms"], w["max_ms"]
     print(f"\nwindow 500 steps x D = 1024: p50 {p50:.2f} ms, max {worst:.2f} ms")

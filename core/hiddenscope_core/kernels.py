@@ -92,14 +92,14 @@ def _s1_inter_from_bits(
 
 
 @nb.njit(inline="always", cache=True)
-def _on_value_f32(vals: np.ndarray, c: int, t: int, theta: float) -> bool:
-    return bool(vals[c, t] >= theta)
-
-
-@nb.njit(inline="always", cache=True)
-def _on_value_f16(vals: np.ndarray, c: int, t: int, key: int) -> bool:
-    b = vals[c, t]
-    return (not f16_is_nan(b)) and bool(f16_sort_key(b) >= key)
+def _on_at(
+    mode: int, vals32: np.ndarray, vals16: np.ndarray, theta: float, key16: int, c: int, t: int
+) -> bool:
+    """``v[t, c] >= θ`` from the values: float32, or float16 as bit patterns (NaN is off)."""
+    if mode == MODE_F32:
+        return bool(vals32[c, t] >= theta)
+    b = vals16[c, t]
+    return (not f16_is_nan(b)) and bool(f16_sort_key(b) >= key16)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -116,25 +116,14 @@ def _cell_in_s2_values(
     r1: int,
 ) -> bool:
     """Cell ``c`` on over ``[s, e)`` and off over ``[l0, s)`` and ``[e, r1)``, from values."""
-    if mode == MODE_F32:
-        for t in range(s, e):
-            if not _on_value_f32(vals32, c, t, theta):
-                return False
-        for t in range(l0, s):
-            if _on_value_f32(vals32, c, t, theta):
-                return False
-        for t in range(e, r1):
-            if _on_value_f32(vals32, c, t, theta):
-                return False
-        return True
     for t in range(s, e):
-        if not _on_value_f16(vals16, c, t, key16):
+        if not _on_at(mode, vals32, vals16, theta, key16, c, t):
             return False
     for t in range(l0, s):
-        if _on_value_f16(vals16, c, t, key16):
+        if _on_at(mode, vals32, vals16, theta, key16, c, t):
             return False
     for t in range(e, r1):
-        if _on_value_f16(vals16, c, t, key16):
+        if _on_at(mode, vals32, vals16, theta, key16, c, t):
             return False
     return True
 

@@ -15,8 +15,11 @@ import numpy as np
 from hiddenscope_core.reader import open_dataset
 from hiddenscope_core.writer import DatasetWriter
 
-ON_LEVELS = np.array([0.3, 0.5, 0.75, 1.0, 2.0, 0.30000001192092896, 0.2998046875])
-OFF_LEVELS = np.array([-1.0, -0.5, -0.0, 0.0, 0.125, 0.25, 0.29, 0.2998046875])
+F16_TINY = 5.960464477539063e-08  # the smallest positive float16 (subnormal)
+ON_LEVELS = np.array(
+    [0.3, 0.5, 0.75, 1.0, 2.0, 0.30000001192092896, 0.2998046875, 65504.0, F16_TINY]
+)
+OFF_LEVELS = np.array([-1.0, -0.5, -0.0, 0.0, 0.125, 0.25, 0.29, 0.2998046875, -65504.0, -F16_TINY])
 
 
 @dataclass
@@ -68,6 +71,9 @@ def random_values(
             values[:, c] = np.nan
         elif r < 0.12:
             values[:, c] = -0.0
+    if dtype == "float32" and rng.random() < 0.2:  # beyond the float16 range
+        big = rng.random((T, D)) < 0.02
+        values[big] = rng.choice([-3e38, -1e30, 1e30, 3e38], int(big.sum()))
     if nan_frac > 0:
         values[rng.random((T, D)) < nan_frac] = np.nan
     return values.astype(np.float16 if dtype == "float16" else np.float32)

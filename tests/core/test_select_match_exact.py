@@ -22,7 +22,7 @@ from hiddenscope_core.transforms import transform_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.core.datagen import DataSpec, LayerSpec, random_dataspec, write_dataset
+from tests.core.datagen import F16_TINY, DataSpec, LayerSpec, random_dataspec, write_dataset
 from tests.core.reference import RefMatch, histogram, ref_match, ref_select
 
 SETTINGS = settings(
@@ -66,6 +66,11 @@ def dataspecs(draw) -> DataSpec:
     )
 
 
+# beyond every value, at the float16 range end and past it, and around float16 subnormals
+EXTREME_THRESHOLDS = [-1e30, 1e30, 3e38, -65504.0, 65504.0, 65505.0, 65520.0, -65520.0]
+EXTREME_THRESHOLDS += [1e-7, F16_TINY, -F16_TINY, F16_TINY / 2, 3e-8]
+
+
 def draw_threshold(draw, ds, layer: LayerSpec) -> float:
     """On the layer's grid, equal to a stored value, just beside either, or anywhere."""
     grid = list(ds.manifest.layer(layer.name).thresholds)
@@ -82,7 +87,7 @@ def draw_threshold(draw, ds, layer: LayerSpec) -> float:
     if kind == "uniform":
         return draw(st.floats(-1.6, 1.6, allow_nan=False))
     if kind == "extreme":
-        return draw(st.sampled_from([-1e30, 1e30, -65504.0, 65504.0]))
+        return draw(st.sampled_from(EXTREME_THRESHOLDS))
     if kind == "zero":
         return draw(st.sampled_from([0.0, -0.0]))
     if kind == "grid":

@@ -16,12 +16,15 @@ in :data:`PATHS`::
     GET    /v1/jobs/{id}[?wait=s]                         ingest job                   (ingest)
     GET    /v1/datasets/{ds}/info                         layers, tracks, sequences    (match)
     GET    /v1/datasets/{ds}/layers/{layer}/states        ?start&end[&cells]           (match)
-    GET    /v1/datasets/{ds}/layers/{layer}/summary       ?start&end&bins  (optional; else the
-                                                          UI bins the states itself)
+    GET    /v1/datasets/{ds}/layers/{layer}/summary       ?start&end&bins -> per-bin min,
+                                                          max, mean (match; against an older
+                                                          API the UI bins the states itself)
     GET    /v1/datasets/{ds}/tokens                       ?start&end -> ids, texts     (match)
+    GET    /v1/datasets/{ds}/vocab                        ?ids=1,2 -> texts            (match)
     GET    /v1/datasets/{ds}/tracks/{track}               ?start&end                   (match)
     POST   /v1/datasets/{ds}/select                       SelectQuery -> SelectResult  (match)
-    GET    /v1/datasets/{ds}/search                       ?q&limit -> positions        (match)
+    GET    /v1/datasets/{ds}/search                       ?q&limit -> positions; 503 +
+                                                          Retry-After while its index builds
     POST   /v1/datasets/{ds}/matches[?wait=s]             MatchRequest -> 202 job      (match)
     GET    /v1/match-jobs/{id}                            ?context_* -> job + hits     (match)
     POST   /v1/match-jobs/{id}/cancel                                                  (match)
@@ -29,8 +32,10 @@ in :data:`PATHS`::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TypedDict, cast
@@ -51,6 +56,7 @@ PATHS = {
     "states": "/v1/datasets/{ds}/layers/{layer}/states",
     "summary": "/v1/datasets/{ds}/layers/{layer}/summary",
     "tokens": "/v1/datasets/{ds}/tokens",
+    "vocab": "/v1/datasets/{ds}/vocab",
     "track": "/v1/datasets/{ds}/tracks/{track}",
     "select": "/v1/datasets/{ds}/select",
     "search": "/v1/datasets/{ds}/search",
@@ -69,11 +75,20 @@ MAX_SEQUENCE_PAGES = 20
 class ApiError(Exception):
     """Any failure talking to the API. ``message`` is shown to the user as is."""
 
-    def __init__(self, message: str, *, status: int | None = None, title: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        title: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.title = title
+        self.retry_after = retry_after
+        """Seconds from the response's ``Retry-After`` (e.g. a search index being built)."""
 
 
 class ApiUnavailable(ApiError):
@@ -127,8 +142,14 @@ def raise_for_problem(resp: httpx.Response) -> None:
     if status == 404:
         raise NotFound(message, status=status, title=title)
     if status in (502, 503, 504):
+        retry_after: float | None = None
+        with contextlib.suppress(ValueError):
+            retry_after = float(resp.headers.get("retry-after", ""))
         raise ApiUnavailable(
-            f"the API is unavailable (HTTP {status}): {message}", status=status, title=title
+            f"the API is unavailable (HTTP {status}): {message}",
+            status=status,
+            title=title,
+            retry_after=retry_after,
         )
     if status >= 500:
         raise ServerError(f"the server failed (HTTP {status}): {message}", status=status)
@@ -162,6 +183,8 @@ class StatesSummary(TypedDict):
     mins: npt.NDArray[np.float32]
     maxs: npt.NDArray[np.float32]
     """``(bins, len(cells))`` per-bin per-cell minimum / maximum."""
+    means: npt.NDArray[np.float32] | None
+    """``(bins, len(cells))`` per-bin means (``None`` when the UI binned the states itself)."""
 
 
 class TokensWindow(TypedDict):
@@ -417,13 +440,25 @@ class HiddenScopeApi:
         )
 
     def summary(
-        self, ds: str, layer: str, start: int, end: int, bins: int, n_cells_hint: int = 64
+        self,
+        ds: str,
+        layer: str,
+        start: int,
+        end: int,
+        bins: int,
+        n_cells_hint: int = 64,
+        cells: Sequence[int] | None = None,
     ) -> StatesSummary:
-        """Per-bin min/max of every cell; computed from the states here when the server has no
-        summary endpoint (at most ``max_client_summary_steps`` steps)."""
+        """Per-bin min/max/mean of every cell (or of ``cells``) from the match service's summary
+        endpoint; computed from the states here only against an API without that endpoint (at
+        most ``max_client_summary_steps`` steps)."""
         try:
             body = self.get_json(
-                self.path("summary", ds=ds, layer=layer), start=start, end=end, bins=bins
+                self.path("summary", ds=ds, layer=layer),
+                start=start,
+                end=end,
+                bins=bins,
+                cells=",".join(str(c) for c in cells) if cells is not None else None,
             )
         except NotFound as exc:
             if "layer" in exc.message.lower() and "summary" not in exc.message.lower():
@@ -438,8 +473,9 @@ class HiddenScopeApi:
             end=int(body["end"]),
             bin_starts=[int(x) for x in body["bin_starts"]],
             cells=[int(c) for c in body["cells"]],
-            mins=np.asarray(body["mins"], dtype=np.float32),
-            maxs=np.asarray(body["maxs"], dtype=np.float32),
+            mins=_float_matrix(body["mins"]),
+            maxs=_float_matrix(body["maxs"]),
+            means=_float_matrix(body["means"]) if body.get("means") is not None else None,
         )
 
     def _client_summary(
@@ -481,6 +517,7 @@ class HiddenScopeApi:
             cells=cells,
             mins=np.vstack(mins).astype(np.float32),
             maxs=np.vstack(maxs).astype(np.float32),
+            means=None,
         )
 
     def tokens(self, ds: str, start: int, end: int) -> TokensWindow:
@@ -517,6 +554,25 @@ class HiddenScopeApi:
         for key in ("ids", "texts", "scores"):
             if body.get(key) is not None:
                 out[key] = body[key]  # type: ignore[literal-required,unused-ignore]
+        if out.get("ids") and not out.get("texts"):
+            # an API that does not send topk texts: look the predicted ids up in the vocabulary
+            try:
+                words = self.vocab(ds, sorted({i for row in out["ids"] for i in row}))
+            except NotFound:  # no vocabulary: the UI shows #id
+                words = {}
+            if words:
+                out["texts"] = [[words.get(i, f"#{i}") for i in row] for row in out["ids"]]
+        return out
+
+    def vocab(self, ds: str, ids: Sequence[int]) -> dict[int, str]:
+        """Texts of vocabulary ids (``GET /vocab?ids=``, in pages of 1000 ids)."""
+        out: dict[int, str] = {}
+        wanted = list(ids)
+        for lo in range(0, len(wanted), 1000):
+            part = wanted[lo : lo + 1000]
+            body = self.get_json(self.path("vocab", ds=ds), ids=",".join(map(str, part)))
+            for i, text in zip(body.get("ids") or part, body.get("texts") or [], strict=False):
+                out[int(i)] = str(text)
         return out
 
     def select(self, ds: str, query: dict[str, Any]) -> dict[str, Any]:
@@ -524,8 +580,19 @@ class HiddenScopeApi:
         return cast(dict[str, Any], resp.json())
 
     def search(self, ds: str, q: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Occurrences of a phrase: ``[{start, end}]`` (end = start + phrase tokens)."""
-        body = self.get_json(self.path("search", ds=ds), q=q, limit=limit)
+        """Occurrences of a phrase: ``[{start, end}]`` (end = start + phrase tokens). While the
+        dataset's search index is being built (503 + ``Retry-After``) this retries for up to
+        ``search_wait_seconds``."""
+        deadline = time.monotonic() + get_settings().search_wait_seconds
+        while True:
+            try:
+                body = self.get_json(self.path("search", ds=ds), q=q, limit=limit)
+                break
+            except ApiUnavailable as exc:
+                left = deadline - time.monotonic()
+                if exc.retry_after is None or left <= 0:
+                    raise
+                time.sleep(min(max(exc.retry_after, 0.2), left))
         if isinstance(body, dict) and "positions" in body:
             n = max(1, len(body.get("query") or q.split()))
             return [{"start": int(p), "end": int(p) + n} for p in body["positions"]]
@@ -540,6 +607,15 @@ class HiddenScopeApi:
 
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _float_matrix(rows: Any) -> npt.NDArray[np.float32]:
+    """``[[x | None]]`` → a float32 matrix with NaN for ``None``."""
+    if not rows:
+        return np.empty((0, 0), np.float32)
+    return np.asarray(
+        [[np.nan if v is None else v for v in row] for row in rows], dtype=np.float32
+    ).reshape(len(rows), -1)
 
 
 def job_error(job: dict[str, Any]) -> str:

@@ -17,6 +17,11 @@ class UiSettings(BaseSettings):
     connect_timeout: float = Field(default=3.0, gt=0, description="seconds")
     read_timeout: float = Field(default=30.0, gt=0, description="seconds per request")
     poll_seconds: float = Field(default=1.0, gt=0, description="job polling interval")
+    search_wait_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        description="how long a phrase search retries while the dataset's search index builds",
+    )
     max_client_summary_steps: int = Field(
         default=200_000,
         description="without a server summary endpoint, bin at most this many steps in the UI",

@@ -135,6 +135,8 @@ def _int(text: str) -> int:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,200}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+"""Job ids are ``secrets.token_urlsafe``: they may start with ``-`` or ``_``."""
 
 
 def parse_query_params(params: Mapping[str, str | Sequence[str]]) -> ParsedState:
@@ -162,7 +164,7 @@ def parse_query_params(params: Mapping[str, str | Sequence[str]]) -> ParsedState
                 text = text.split("::", 1)[1]  # original "states::states1"
             if text == "":
                 continue
-            if _NAME.match(text):
+            if (_JOB_ID if key == "job" else _NAME).match(text):
                 kw[key] = text
             else:
                 bad(key, values[key], "not a valid name")

@@ -120,6 +120,20 @@ class PartStart:
     attempts: int = 0
 
 
+@dataclass(frozen=True)
+class UnfinishedJob:
+    """What a reconciler needs of a ``queued`` or ``running`` job (times: Redis clock, s)."""
+
+    id: str
+    kind: str
+    status: str
+    lease_until: float
+    updated_at: float
+    attempts: int
+    payload: dict[str, Any]
+    notes: dict[str, str]
+
+
 def body_hash(*parts: Any) -> str:
     """sha256 of the canonical JSON of ``parts`` (sorted keys): what "the same body" means."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
@@ -438,6 +452,48 @@ class JobStore:
             error=json.loads(raw["error"]) if raw.get("error") else None,
             payload=json.loads(raw.get("payload") or "{}"),
         )
+
+    def now(self) -> float:
+        """The Redis server's clock (seconds), the one every lease is measured with."""
+        sec, usec = self.client.time()
+        return float(sec) + float(usec) / 1e6
+
+    def unfinished(self, kind: str | None = None) -> list[UnfinishedJob]:
+        """Every job not yet terminal (``queued`` or ``running``), found with ``SCAN`` (no
+        index to keep consistent; cheap for the thousands of jobs a lab server holds)."""
+        out: list[UnfinishedJob] = []
+        fields = ["id", "kind", "status", "lease_until", "updated_at", "attempts", "payload"]
+        for key in self.client.scan_iter(match=f"{self.prefix}:job:*", count=1000):
+            name = str(key)
+            if name.count(":") != self.prefix.count(":") + 2:
+                continue  # the parts hashes of fan-out jobs
+            try:
+                values = self.client.hmget(name, fields)
+            except redis.ResponseError:
+                continue  # not a hash
+            job_id, job_kind, status, lease, updated, attempts, payload = values
+            if not job_id or status not in ("queued", "running"):
+                continue
+            if kind is not None and job_kind != kind:
+                continue
+            out.append(
+                UnfinishedJob(
+                    id=str(job_id),
+                    kind=str(job_kind),
+                    status=str(status),
+                    lease_until=float(lease or 0),
+                    updated_at=float(updated or 0),
+                    attempts=int(attempts or 0),
+                    payload=json.loads(payload or "{}"),
+                    notes=self.notes(str(job_id)),
+                )
+            )
+        return out
+
+    def notes(self, job_id: str) -> dict[str, str]:
+        """Every ``set_note`` value of the job."""
+        raw: dict[str, str] = self.client.hgetall(self._job_key(job_id))  # type: ignore[assignment]
+        return {k[5:]: v for k, v in raw.items() if k.startswith("note:")}
 
     def exists(self, job_id: str) -> bool:
         return int(self.client.exists(self._job_key(job_id))) > 0

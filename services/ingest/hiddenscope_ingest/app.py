@@ -3,6 +3,10 @@ hiddenscope_ingest.app:create_app``). Nothing connects until a request needs it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
@@ -13,17 +17,48 @@ from hiddenscope_service.celery_app import make_celery
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.problems import Problem, install_problem_handlers
 
+from hiddenscope_ingest.reconcile import reconcile
 from hiddenscope_ingest.routes import PathIngestRequest, router
 from hiddenscope_ingest.service import TASK_NAME, IngestService
 from hiddenscope_ingest.settings import IngestSettings, get_settings
 
+log = logging.getLogger(__name__)
+
+
+async def _reconcile_forever(service: IngestService, interval: float) -> None:
+    """A reconciliation pass at startup, then one every ``interval`` seconds; a failing pass
+    (e.g. Redis briefly down) is logged and retried at the next tick."""
+    while True:
+        try:
+            await run_in_threadpool(reconcile, service.settings, service.store, service.enqueue)
+        except Exception:
+            log.exception("reconcile pass failed")
+        await asyncio.sleep(interval)
+
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if settings.reconcile_interval_seconds > 0:
+            task = asyncio.create_task(
+                _reconcile_forever(app.state.service, settings.reconcile_interval_seconds)
+            )
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     app = FastAPI(
         title="HiddenScope ingest",
         version="1.0.0",
         description="Uploads, conversion jobs and the dataset catalog of HiddenScope.",
+        lifespan=lifespan,
     )
     install_problem_handlers(app)
     store = JobStore.from_url(

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hiddenscope_ingest.errors import InvalidManifest
 
 SourceFormat = Literal[
-    "npy", "npz", "safetensors", "hdf5", "parquet", "arrow", "text", "dict"
+    "npy", "npz", "safetensors", "hdf5", "parquet", "arrow", "text", "dict", "fasta", "bed"
 ]  # fmt: skip
 NanPolicy = Literal["reject", "allow"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -164,6 +164,39 @@ class ConllSpec(_Strict):
         return v
 
 
+class FastaSpec(_Strict):
+    """A genome (or reads) in FASTA: the tokens are the bases (vocabulary ``A C G T N`` then other
+    IUPAC letters in order of appearance), one sequence per ``>`` record named by the header's
+    first word. ``uppercase``: fold soft-masked (lowercase) bases into uppercase."""
+
+    file: str
+    uppercase: bool = True
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        return check_relative(v)
+
+
+class BedSpec(_Strict):
+    """Interval annotations in BED (``chrom start end [name ...]``, 0-based, half-open) as a
+    discrete track: steps inside an interval get its name (or the track's name when the name
+    column is missing or ``.``), other steps the ``background`` label (id 0). ``chrom`` is a
+    sequence name (a FASTA record or ``sequences.names``); where intervals overlap the later
+    line wins. Intervals on unknown sequences are an error unless ``skip_unknown``."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="the track's name")
+    file: str
+    background: str = ""
+    skip_unknown: bool = False
+    description: str = ""
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        return check_relative(v)
+
+
 class LstmvisSpec(_Strict):
     """The original LSTMVis project layout: ``dir`` holds ``config`` (``lstm.yml``)."""
 
@@ -191,6 +224,8 @@ class IngestManifest(_Strict):
     sequences: SequencesSpec | None = None
     tracks: list[TrackSpec] = Field(default_factory=list)
     conll: ConllSpec | None = None
+    fasta: FastaSpec | None = None
+    bed: list[BedSpec] = Field(default_factory=list)
     lstmvis: LstmvisSpec | None = None
     nan_policy: NanPolicy = Field(
         default="reject", description="reject: NaN/inf in a layer is an error; allow: kept (off)"
@@ -225,10 +260,15 @@ class IngestManifest(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("layer names must be unique")
         tracks = [x.name for x in self.tracks] + list(self.conll.columns if self.conll else [])
+        tracks += [x.name for x in self.bed]
         if len(set(tracks)) != len(tracks):
             raise ValueError("track names must be unique")
         if self.conll is not None and self.tokens is not None:
             raise ValueError("tokens come from either 'tokens' or 'conll', not both")
+        if self.fasta is not None and (self.tokens is not None or self.conll is not None):
+            raise ValueError("tokens come from one of 'tokens', 'conll' or 'fasta'")
+        if self.fasta is not None and (self.vocab is not None or self.sequences is not None):
+            raise ValueError("a FASTA file brings its own vocabulary and sequences")
         return self
 
     def referenced_files(self) -> list[str]:
@@ -252,6 +292,9 @@ class IngestManifest(_Strict):
                     refs.append(ref.file)
         if self.conll:
             refs.append(self.conll.file)
+        if self.fasta:
+            refs.append(self.fasta.file)
+        refs.extend(b.file for b in self.bed)
         if self.lstmvis:
             refs.append(str(PurePosixPath(self.lstmvis.dir) / self.lstmvis.config))
         return sorted(set(refs))

@@ -18,6 +18,7 @@ from hiddenscope_core.models import TrackInfo
 from hiddenscope_ingest.errors import InvalidData, InvalidManifest, UnsupportedFormat
 from hiddenscope_ingest.loaders import ARRAY_FORMATS, detect_format, open_array, resolve_file
 from hiddenscope_ingest.loaders.base import ArraySource, Limits, NumpySource, RaggedSource
+from hiddenscope_ingest.loaders.genomics import read_bed, read_fasta
 from hiddenscope_ingest.loaders.text_files import (
     Labels,
     read_conll,
@@ -223,6 +224,23 @@ def _fill(plan: Plan, root: Path, limits: Limits, work_dir: Path | None) -> None
                                  description=f"CoNLL column {m.conll.columns[tname]}")  # fmt: skip
                 plan.tracks.append(TrackPlan(info, ids))
 
+    if m.fasta is not None:
+        path = resolve_file(root, m.fasta.file)
+        if work_dir is None:
+            plan.complete = False
+        else:
+            fa = read_fasta(path, f"fasta ({m.fasta.file})", work_dir, limits,
+                            uppercase=m.fasta.uppercase)  # fmt: skip
+            if fa.ids.shape[0] != T:
+                raise InvalidData(
+                    f"fasta ({m.fasta.file}): {fa.ids.shape[0]} bases but the layers have "
+                    f"T={T} steps"
+                )
+            plan.tokens = fa.ids
+            plan.vocab = Labels(fa.vocab, np.ones(len(fa.vocab), dtype=bool))
+            plan.sequence_starts = np.asarray(fa.sequence_starts, dtype=np.int64)
+            plan.sequence_names = fa.sequence_names
+
     if plan.tokens is not None and plan.tokens.shape[0] != T:
         raise InvalidData(f"{plan.tokens.shape[0]} tokens but the layers have T={T} steps")
     if plan.sequence_starts is not None and plan.sequence_starts[-1] >= T:
@@ -271,6 +289,30 @@ def _fill(plan: Plan, root: Path, limits: Limits, work_dir: Path | None) -> None
             description=tspec.description,
         )
         plan.tracks.append(TrackPlan(info, src, scores, tspec.index_by_tokens, defined))
+
+    # BED interval tracks, aligned through the sequences' names and starts
+    for bed in m.bed:
+        path = resolve_file(root, bed.file)
+        if work_dir is None:
+            plan.complete = False
+            continue
+        seq_starts = (
+            plan.sequence_starts
+            if plan.sequence_starts is not None
+            else np.zeros(1, dtype=np.int64)
+        )
+        seq_names = plan.sequence_names or [f"seq{i}" for i in range(len(seq_starts))]
+        painted = read_bed(
+            path, f"bed {bed.name} ({bed.file})", bed.name, seq_starts, seq_names, T, work_dir,
+            limits, background=bed.background, skip_unknown=bed.skip_unknown,
+        )  # fmt: skip
+        info = TrackInfo(
+            name=bed.name,
+            kind="discrete",
+            labels=painted.texts,
+            description=bed.description or f"BED intervals from {bed.file}",
+        )
+        plan.tracks.append(TrackPlan(info, painted.labels))
 
 
 __all__ = ["LayerPlan", "NumpySource", "Plan", "TrackPlan", "build_plan"]

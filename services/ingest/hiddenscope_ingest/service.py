@@ -10,13 +10,15 @@ recognises a dataset that an earlier attempt already published.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hiddenscope_core.errors import Conflict, HiddenScopeError
 from hiddenscope_core.models import DatasetManifest
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 JOB_KIND = "ingest"
 TASK_NAME = "ingest.convert"
+RECONCILE_TASK_NAME = "hiddenscope_ingest.reconcile"
 
 
 class JobBusy(Exception):
@@ -217,7 +220,13 @@ class IngestService:
 
     def cancel(self, job_id: str) -> Job:
         self.job(job_id)
-        return self.store.request_cancel(job_id)
+        job = self.store.request_cancel(job_id)
+        if job.status == "cancelled" and job.payload.get("owned"):
+            # cancelled while queued: no worker holds it, so its upload can go now (the worker
+            # that later receives the message finds it terminal and removes nothing else)
+            shutil.rmtree(Path(job.payload["source_dir"]), ignore_errors=True)
+            shutil.rmtree(work_dir_of(self.settings, job_id), ignore_errors=True)
+        return job
 
     def list_datasets(self) -> list[DatasetManifest]:
         return self.catalog.list()
@@ -237,6 +246,12 @@ def run_conversion(job_id: str, owner: str, settings: IngestSettings, store: Job
 
     Raises :class:`JobBusy` when another live worker holds the job (the task retries later).
     Every other outcome is recorded in the job store (bad input → ``failed`` with a 4xx problem).
+
+    Order at the end of an attempt: the outcome is noted on the job (``note:outcome``), the work
+    and upload directories are removed, and only then does the job become terminal. So a client
+    that sees a terminal job never sees its upload still on disk (the race the error tests hit
+    when the removal came after the transition), and an attempt that dies between the removal
+    and the transition is finished by the next delivery from the note (its upload is gone).
     """
     claim = store.claim(job_id, owner, settings.lease_seconds)
     if claim.outcome == "busy":
@@ -244,19 +259,63 @@ def run_conversion(job_id: str, owner: str, settings: IngestSettings, store: Job
     job = store.get(job_id)
     source_dir = Path(job.payload["source_dir"])
     owned = bool(job.payload.get("owned"))
-    work = settings.uploads_path / f"{job_id}.work"
+    work = work_dir_of(settings, job_id)
     if claim.outcome != "claimed":
         _cleanup(work, source_dir if owned else None)
         return claim.status
-    status = "failed"
-    try:
-        status = _attempt(job, owner, settings, store, source_dir, work)
-    except _Lost:
-        log.warning("job %s: lease lost; another worker took over", job_id)
-        return store.get(job_id).status
-    if status in ("succeeded", "failed", "cancelled"):
-        _cleanup(work, source_dir if owned else None)
-    return status
+    noted = store.get_note(job_id, "outcome")
+    if noted:
+        outcome = _Outcome(**json.loads(noted))
+    else:
+        try:
+            with _Heartbeat(store, job_id, owner, settings.lease_seconds):
+                outcome = _attempt(job, owner, settings, store, source_dir, work)
+        except _Lost:
+            log.warning("job %s: lease lost; another worker took over", job_id)
+            return store.get(job_id).status
+        store.set_note(job_id, "outcome", json.dumps(outcome.__dict__))
+    _cleanup(work, source_dir if owned else None)
+    if not store.finish(job_id, owner, outcome.status, result=outcome.result, error=outcome.error):
+        log.warning("job %s: lease lost before it could be finished", job_id)
+    return store.get(job_id).status
+
+
+class _Heartbeat:
+    """Renews the job's lease every ``lease / 3`` seconds from a thread while the attempt runs,
+    so the lease stays live through long steps without progress reports (the index build in
+    ``publish()``) and expires only when the process dies; the reconciler relies on that."""
+
+    def __init__(self, store: JobStore, job_id: str, owner: str, lease: float) -> None:
+        self.store, self.job_id, self.owner, self.lease = store, job_id, owner, lease
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.lease / 3):
+            try:
+                if self.store.report_progress(self.job_id, self.owner, self.lease) == "lost":
+                    return
+            except Exception:  # Redis briefly unreachable: try again at the next beat
+                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def work_dir_of(settings: IngestSettings, job_id: str) -> Path:
+    return settings.uploads_path / f"{job_id}.work"
+
+
+@dataclass
+class _Outcome:
+    status: Literal["succeeded", "failed", "cancelled"]
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
 
 
 def _cleanup(work: Path, upload: Path | None) -> None:
@@ -272,7 +331,7 @@ def _attempt(
     store: JobStore,
     source_dir: Path,
     work: Path,
-) -> str:
+) -> _Outcome:
     job_id = job.id
     manifest = IngestManifest.model_validate(job.payload["manifest"])
     data_root = settings.data_root
@@ -283,8 +342,7 @@ def _attempt(
         shutil.rmtree(data_root / "staging" / old_staging, ignore_errors=True)
     published = catalog.find_by_job(manifest.name, job_id)
     if published is not None:
-        store.finish(job_id, owner, "succeeded", result={"dataset": dataset_summary(published)})
-        return "succeeded"
+        return _Outcome("succeeded", result={"dataset": dataset_summary(published)})
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
@@ -321,14 +379,12 @@ def _attempt(
         finally:
             plan.close()
     except Cancelled:
-        store.finish(job_id, owner, "cancelled")
-        return "cancelled"
+        return _Outcome("cancelled")
     except _Lost:
         raise
     except HiddenScopeError as exc:
         problem = problem_from_exception(exc).model_dump(exclude_none=True)
-        store.finish(job_id, owner, "failed", error=problem)
-        return "failed"
+        return _Outcome("failed", error=problem)
     except Exception as exc:
         from celery.exceptions import SoftTimeLimitExceeded
 
@@ -342,7 +398,5 @@ def _attempt(
         else:
             log.exception("job %s: conversion failed unexpectedly", job_id)
             problem = problem_from_exception(exc).model_dump(exclude_none=True)
-        store.finish(job_id, owner, "failed", error=problem)
-        return "failed"
-    store.finish(job_id, owner, "succeeded", result={"dataset": dataset_summary(result)})
-    return "succeeded"
+        return _Outcome("failed", error=problem)
+    return _Outcome("succeeded", result={"dataset": dataset_summary(result)})

@@ -43,6 +43,24 @@ class IngestSettings(ServiceSettings):
         default=120, ge=2, description="a worker's job lease, renewed with every chunk"
     )
     queue: str = "ingest"
+    reconcile_interval_seconds: float = Field(
+        default=300,
+        ge=0,
+        description="the API reconciles at startup and then this often (0: never; use the "
+        "CLI or the hiddenscope_ingest.reconcile task)",
+    )
+    requeue_after_seconds: float = Field(
+        default=600,
+        ge=1,
+        description="a job queued this long (or running with an expired lease) is enqueued "
+        "again, at most once per this period",
+    )
+    leftover_after_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="staging/upload directories of dead or finished jobs unchanged this long "
+        "are removed",
+    )
 
     @property
     def uploads_path(self) -> Path:

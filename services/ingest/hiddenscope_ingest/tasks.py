@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery, Task
 from hiddenscope_service.jobs import JobStore
 
-from hiddenscope_ingest.service import TASK_NAME, JobBusy, run_conversion
+from hiddenscope_ingest.service import RECONCILE_TASK_NAME, TASK_NAME, JobBusy, run_conversion
 from hiddenscope_ingest.settings import get_settings
 
 celery_app = Celery("hiddenscope_ingest", set_as_current=False)
@@ -40,3 +40,17 @@ def convert_task(self: Task[Any, Any], job_id: str) -> str:
     except JobBusy as busy:
         # another live attempt holds the lease; look again when it would have expired
         raise self.retry(countdown=max(1.0, busy.retry_after), max_retries=None) from None
+
+
+@celery_app.task(name=RECONCILE_TASK_NAME)
+def reconcile_task(dry_run: bool = False) -> dict[str, object]:
+    """One reconciliation pass (:mod:`hiddenscope_ingest.reconcile`)."""
+    from hiddenscope_ingest.reconcile import reconcile
+
+    settings = get_settings()
+    queue = settings.queue
+
+    def enqueue(job_id: str) -> None:
+        convert_task.apply_async(args=[job_id], queue=queue)
+
+    return reconcile(settings, job_store(), enqueue, dry_run=dry_run).as_dict()

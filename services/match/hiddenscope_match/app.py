@@ -15,7 +15,7 @@ from hiddenscope_service.problems import Problem, install_problem_handlers
 
 from hiddenscope_match.datasets import Datasets
 from hiddenscope_match.routes import router
-from hiddenscope_match.service import JOB_PREFIX, TASK_NAME, MatchService
+from hiddenscope_match.service import INDEX_TASK_NAME, JOB_PREFIX, TASK_NAME, MatchService
 from hiddenscope_match.settings import MatchSettings, get_settings
 
 
@@ -45,8 +45,15 @@ def create_app(settings: MatchSettings | None = None) -> FastAPI:
     def enqueue(job_id: str, part: int, lo: int, hi: int) -> None:
         celery.send_task(TASK_NAME, args=[job_id, part, lo, hi], queue=settings.queue)
 
+    def enqueue_index(dataset_id: str) -> None:
+        celery.send_task(INDEX_TASK_NAME, args=[dataset_id], queue=settings.queue)
+
     app.state.service = MatchService(
-        settings=settings, store=store, enqueue=enqueue, datasets=Datasets(settings.data_root)
+        settings=settings,
+        store=store,
+        enqueue=enqueue,
+        datasets=Datasets(settings.data_root),
+        enqueue_index=enqueue_index,
     )
     app.include_router(router)
 

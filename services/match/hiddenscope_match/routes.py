@@ -3,7 +3,8 @@ content negotiation; everything else is in :mod:`hiddenscope_match.service`.
 
 Paths (chosen not to collide with the ingest service behind one gateway, which owns
 ``/v1/datasets``, ``/v1/datasets/{name_or_id}`` and ``/v1/jobs/...``): dataset sub-resources
-``/v1/datasets/{name_or_id}/{info,layers/..,tokens,tracks/..,select,search,matches}`` and match
+``/v1/datasets/{name_or_id}/{info,layers/..,tokens,vocab,tracks/..,select,search,matches}`` and
+match
 jobs under ``/v1/match-jobs/{id}``.
 """
 
@@ -27,12 +28,14 @@ from hiddenscope_match.schemas import (
     ARROW_STREAM,
     ContextOptions,
     DatasetInfo,
+    LayerSummary,
     MatchJobResource,
     MatchRequest,
     SearchResult,
     StatesWindow,
     TokensWindow,
     TrackWindow,
+    VocabPage,
 )
 from hiddenscope_match.service import MatchService, finite_list, jobs_path
 
@@ -192,6 +195,55 @@ def get_states(
 
 
 @router.get(
+    "/datasets/{name_or_id}/layers/{layer}/summary",
+    response_model=LayerSummary,
+    summary="Per-bin min, max and mean of each cell over a long range (zoomed-out views)",
+    responses=problem_responses(404, 422),
+)
+def get_summary(
+    name_or_id: DatasetRef,
+    layer: LayerRef,
+    service: Service,
+    start: Annotated[int | None, Query(ge=0, description="first step (default 0)")] = None,
+    end: Annotated[
+        int | None, Query(ge=1, description="end step, exclusive (default: the last step)")
+    ] = None,
+    bins: Annotated[int, Query(ge=1, description="number of bins (at most the steps)")] = 500,
+    cells: Annotated[
+        str | None, Query(max_length=200_000, description="comma-separated cell ids (default all)")
+    ] = None,
+) -> Response:
+    ds = service.dataset(name_or_id)
+    out = service.summary(ds, layer, start, end, bins, _parse_cells(cells))
+    return _json(out.model_dump(mode="json"))
+
+
+@router.get(
+    "/datasets/{name_or_id}/vocab",
+    response_model=VocabPage,
+    summary="Vocabulary texts: a page of ids (offset, limit) or the ids asked for",
+    responses=problem_responses(404, 422),
+)
+def get_vocab(
+    name_or_id: DatasetRef,
+    service: Service,
+    offset: Annotated[int, Query(ge=0, description="first id of the page")] = 0,
+    limit: Annotated[int, Query(ge=1, description="ids per page")] = 1000,
+    ids: Annotated[
+        str | None,
+        Query(max_length=200_000, description="comma-separated ids (instead of a page)"),
+    ] = None,
+) -> VocabPage:
+    ds = service.dataset(name_or_id)
+    id_list = None
+    if ids is not None:
+        if not _CELLS.match(ids):
+            raise InvalidQuery("ids must be comma-separated token ids, e.g. ids=0,5,17")
+        id_list = [int(x) for x in ids.split(",")]
+    return service.vocab(ds, offset, limit, id_list)
+
+
+@router.get(
     "/datasets/{name_or_id}/tokens",
     response_model=TokensWindow,
     summary="Token ids and texts of a window",
@@ -247,7 +299,9 @@ def post_select(name_or_id: DatasetRef, query: SelectQuery, service: Service) ->
     "/datasets/{name_or_id}/search",
     response_model=SearchResult,
     summary="Start steps of a phrase (token sequence), in step order",
-    responses=problem_responses(404, 422),
+    description="503 + `Retry-After` while the dataset's search index is being built (by a "
+    "worker, queued when the dataset's info is first read or on the first search).",
+    responses=problem_responses(404, 422, 503),
 )
 def get_search(
     name_or_id: DatasetRef,

@@ -81,6 +81,38 @@ class TrackWindow(BaseModel):
     value: list[float | None] | None = Field(default=None, description="scalar: value per step")
     ids: list[list[int]] | None = Field(default=None, description="topk: K token ids per step")
     scores: list[list[float | None]] | None = Field(default=None, description="topk: K scores")
+    texts: list[list[str]] | None = Field(
+        default=None,
+        description="topk: the vocabulary texts of `ids` (absent without a vocabulary; an id "
+        "outside the vocabulary is an empty string)",
+    )
+
+
+class VocabPage(BaseModel):
+    """Texts of vocabulary ids: a page (``offset``, ``limit``) or the ids asked for."""
+
+    vocab_size: int = Field(description="entries in the dataset's vocabulary")
+    ids: list[int]
+    texts: list[str] = Field(description="text of each id; an id outside the vocabulary is ''")
+    next_offset: int | None = Field(
+        default=None, description="pass as offset for the next page; absent at the end or by ids"
+    )
+
+
+class LayerSummary(BaseModel):
+    """Per-bin reductions of a long range: bin ``i`` covers steps
+    ``[bin_starts[i], bin_starts[i + 1])``; ``mins``/``maxs``/``means`` are ``[bin][cell]`` over
+    the finite values of the bin (``null`` if it has none)."""
+
+    layer: str
+    start: int
+    end: int
+    bins: int = Field(description="number of bins (at most the requested one, and the steps)")
+    bin_starts: list[int] = Field(description="bins + 1 edges, the last one = end")
+    cells: list[int]
+    mins: list[list[float | None]]
+    maxs: list[list[float | None]]
+    means: list[list[float | None]]
 
 
 class SearchResult(BaseModel):

@@ -1,8 +1,11 @@
 """Phrase search over a dataset's tokens: start steps of a token sequence, in step order.
 
-The index is built lazily on the first search of a dataset and cached on disk under
+The index is built by a Celery task (``match.build_search_index``, queue ``match``) that the API
+enqueues when a dataset's info is first read or a search first needs it (the API never builds:
+it answers 503 + ``Retry-After`` while the build runs). It is cached on disk under
 ``<cache_dir>/<dataset_id>/search-v1/`` (outside the immutable dataset directory; the id changes
-if a dataset of the same name is published again). It is a bigram-sorted position list:
+if a dataset of the same name is published again); :func:`clean_caches` removes the caches of
+datasets that no longer exist. It is a bigram-sorted position list:
 
 * ``tokens.npy``  int32 ``(T,)``: the token ids (a flat copy of ``tokens.parquet``)
 * ``order.npy``   uint32/int64 ``(T,)``: positions sorted stably by ``(token[t], token[t+1])``
@@ -26,6 +29,7 @@ import fcntl
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,39 +94,90 @@ _cache_lock = threading.Lock()
 _build_locks: dict[str, threading.Lock] = {}
 
 
-def token_index(ds: Dataset, cache_dir: Path) -> TokenIndex:
-    """The phrase index of ``ds`` (built and cached on first use). Raises ``NotFound`` for a
-    dataset without tokens."""
+def open_index(ds: Dataset, cache_dir: Path) -> TokenIndex | None:
+    """The phrase index of ``ds`` if it has been built (``None`` if not yet). Raises
+    ``NotFound`` for a dataset without tokens. Never builds: that is the worker's job
+    (:func:`build_index`, Celery task ``match.build_search_index``)."""
     if not ds.manifest.has_tokens:
         raise NotFound(f"dataset {ds.name!r} has no tokens to search")
     hit = _cache.get(ds.id)
     if hit is not None:
         return hit
+    final = cache_dir / ds.id / INDEX_DIR
+    if not (final / "offsets.npy").exists():
+        return None
+    with _cache_lock:
+        hit = _cache.get(ds.id)
+        if hit is None:
+            hit = TokenIndex(
+                tokens=np.load(final / "tokens.npy", mmap_mode="r"),
+                order=np.load(final / "order.npy", mmap_mode="r"),
+                second=np.load(final / "second.npy", mmap_mode="r"),
+                offsets=np.load(final / "offsets.npy"),
+            )
+            _cache[ds.id] = hit
+        return hit
+
+
+def index_exists(ds: Dataset, cache_dir: Path) -> bool:
+    return ds.id in _cache or (cache_dir / ds.id / INDEX_DIR / "offsets.npy").exists()
+
+
+def build_index(ds: Dataset, cache_dir: Path) -> bool:
+    """Build the phrase index of ``ds`` under ``<cache_dir>/<id>/`` unless it exists; returns
+    whether this call built it. Raises ``NotFound`` for a dataset without tokens."""
+    if not ds.manifest.has_tokens:
+        raise NotFound(f"dataset {ds.name!r} has no tokens to search")
     with _cache_lock:
         lock = _build_locks.setdefault(ds.id, threading.Lock())
     with lock:
-        hit = _cache.get(ds.id)
-        if hit is not None:
-            return hit
         root = cache_dir / ds.id
         final = root / INDEX_DIR
-        if not (final / "offsets.npy").exists():
-            root.mkdir(parents=True, exist_ok=True)
-            with open(root / ".lock", "w") as lockfile:
-                fcntl.flock(lockfile, fcntl.LOCK_EX)  # another process may be building it
-                try:
-                    if not (final / "offsets.npy").exists():
-                        _build(ds, root)
-                finally:
-                    fcntl.flock(lockfile, fcntl.LOCK_UN)
-        index = TokenIndex(
-            tokens=np.load(final / "tokens.npy", mmap_mode="r"),
-            order=np.load(final / "order.npy", mmap_mode="r"),
-            second=np.load(final / "second.npy", mmap_mode="r"),
-            offsets=np.load(final / "offsets.npy"),
-        )
-        _cache[ds.id] = index
-        return index
+        if (final / "offsets.npy").exists():
+            return False
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".lock", "w") as lockfile:
+            fcntl.flock(lockfile, fcntl.LOCK_EX)  # another process may be building it
+            try:
+                if (final / "offsets.npy").exists():
+                    return False
+                _build(ds, root)
+                return True
+            finally:
+                fcntl.flock(lockfile, fcntl.LOCK_UN)
+
+
+def token_index(ds: Dataset, cache_dir: Path) -> TokenIndex:
+    """The phrase index of ``ds``, built here if needed (tests, tools; the API never builds)."""
+    build_index(ds, cache_dir)
+    index = open_index(ds, cache_dir)
+    assert index is not None
+    return index
+
+
+def clean_caches(cache_dir: Path, live_ids: set[str], grace_seconds: float = 300.0) -> list[str]:
+    """Remove ``<cache_dir>/<id>/`` of datasets that are no longer published (``id`` not in
+    ``live_ids``) and untouched for ``grace_seconds`` (so a dataset published a moment ago is
+    never raced). Returns the removed ids."""
+    removed: list[str] = []
+    if not cache_dir.is_dir():
+        return removed
+    now = time.time()
+    for entry in os.scandir(cache_dir):
+        if not entry.is_dir(follow_symlinks=False) or entry.name in live_ids:
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < grace_seconds:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        with _cache_lock:
+            _cache.pop(entry.name, None)
+            _build_locks.pop(entry.name, None)
+        _vocab_cache.pop(entry.name, None)
+        removed.append(entry.name)
+    return removed
 
 
 def _build(ds: Dataset, root: Path) -> None:

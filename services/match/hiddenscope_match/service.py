@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from hiddenscope_core.models import (
 from hiddenscope_core.reader import Dataset
 from hiddenscope_core.select import on_matrix, select_cells
 from hiddenscope_service.jobs import Job, JobStore, body_hash
-from hiddenscope_service.problems import problem_from_exception
+from hiddenscope_service.problems import ProblemError, problem_from_exception
 
 from hiddenscope_match.datasets import Datasets
 from hiddenscope_match.schemas import (
@@ -47,6 +48,7 @@ from hiddenscope_match.schemas import (
     HitContext,
     HitOut,
     LayerDetail,
+    LayerSummary,
     MatchJobResource,
     MatchJobResult,
     MatchRequest,
@@ -54,8 +56,17 @@ from hiddenscope_match.schemas import (
     Timings,
     TokensWindow,
     TrackWindow,
+    VocabPage,
 )
-from hiddenscope_match.search import parse_ids, phrase_ids, token_index
+from hiddenscope_match.search import (
+    TokenIndex,
+    build_index,
+    clean_caches,
+    index_exists,
+    open_index,
+    parse_ids,
+    phrase_ids,
+)
 from hiddenscope_match.settings import MatchSettings
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,23 @@ log = logging.getLogger(__name__)
 JOB_KIND = "match"
 TASK_NAME = "match.run_shard"
 JOB_PREFIX = "hiddenscope:match"
+INDEX_TASK_NAME = "match.build_search_index"
+INDEX_ERROR_TTL = 60
+"""Seconds a failed index build is reported (503) before a search enqueues the build again."""
+SUMMARY_CHUNK_VALUES = 1 << 22
+"""Values (cells x steps) read from the memmap and reduced at once by a summary."""
+
+
+def _index_key(dataset_id: str) -> str:
+    return f"{JOB_PREFIX}:index-build:{dataset_id}"
+
+
+def _index_error_key(dataset_id: str) -> str:
+    return f"{JOB_PREFIX}:index-error:{dataset_id}"
+
+
+def cache_dir_of(settings: MatchSettings) -> Path:
+    return settings.cache_dir or settings.data_root / "cache"
 
 
 def jobs_path(job_id: str) -> str:
@@ -110,6 +138,9 @@ class MatchService:
     store: JobStore
     enqueue: Callable[[str, int, int, int], None]
     datasets: Datasets
+    enqueue_index: Callable[[str], None] | None = None
+    """Sends Celery task ``match.build_search_index`` (dataset id); ``None``: build in-process
+    (only for tools and tests without a worker)."""
 
     # -- info ----------------------------------------------------------------------------------
 
@@ -121,6 +152,11 @@ class MatchService:
     ) -> DatasetInfo:
         ds = self.dataset(name_or_id)
         m = ds.manifest
+        if self.settings.search_index_eager and m.has_tokens:
+            try:  # a dataset seen for the first time: start its search index now
+                self.request_index(ds)
+            except ProblemError:
+                log.warning("could not queue the search index of %s", ds.id, exc_info=True)
         first = 0
         if page_token:
             tok = _decode_token(page_token, "sequences_page_token")
@@ -204,15 +240,7 @@ class MatchService:
     def states(
         self, ds: Dataset, layer: str, a: int, b: int, cells: list[int] | None
     ) -> tuple[npt.NDArray[np.float32], list[int]]:
-        info = ds.layer(layer)
-        sel = sorted(set(cells)) if cells is not None else list(range(info.n_cells))
-        if not sel:
-            raise InvalidQuery("cells must name at least one cell")
-        bad = [c for c in sel if not 0 <= c < info.n_cells]
-        if bad:
-            raise InvalidQuery(
-                f"cells {bad[:10]} are outside layer {layer!r} (cells 0..{info.n_cells - 1})"
-            )
+        sel = _cell_list(ds, layer, cells)
         n_values = (b - a) * len(sel)
         if n_values > self.settings.max_window_values:
             raise InvalidQuery(
@@ -238,7 +266,99 @@ class MatchService:
         if "ids" in data:
             out.ids = data["ids"].tolist()
             out.scores = finite_list(data["scores"])
+            vocab = ds.vocab()
+            if vocab:
+                out.texts = _text_matrix(vocab, data["ids"])
         return out
+
+    def vocab(self, ds: Dataset, offset: int, limit: int, ids: list[int] | None) -> VocabPage:
+        """Texts of a page of vocabulary ids, or of the ``ids`` given (any order, repeats
+        kept). 404 for a dataset without a vocabulary."""
+        vocab = ds.vocab()
+        if not vocab:
+            raise NotFound(f"dataset {ds.name!r} has no vocabulary")
+        cap = self.settings.max_vocab_page
+        if ids is not None:
+            if len(ids) > cap:
+                raise InvalidQuery(f"at most {cap} ids per request")
+            arr = np.asarray(ids, dtype=np.int64)
+            return VocabPage(vocab_size=len(vocab), ids=ids, texts=_texts(vocab, arr))
+        end = min(len(vocab), offset + min(limit, cap))
+        return VocabPage(
+            vocab_size=len(vocab),
+            ids=list(range(offset, end)) if offset < end else [],
+            texts=vocab[offset:end],
+            next_offset=end if end < len(vocab) else None,
+        )
+
+    def summary(
+        self,
+        ds: Dataset,
+        layer: str,
+        start: int | None,
+        end: int | None,
+        bins: int,
+        cells: list[int] | None,
+    ) -> LayerSummary:
+        """Per-bin min / max / mean of each cell over ``[start, end)`` (default: all steps),
+        reduced with numpy ``reduceat`` from the column-major values memmap, NaN-aware (a bin
+        without finite values is ``null``). 422 over ``max_summary_values`` steps x cells."""
+        sel = _cell_list(ds, layer, cells)
+        T = ds.n_steps
+        a = 0 if start is None else start
+        b = T if end is None else end
+        if not 0 <= a < b <= T:
+            raise InvalidQuery(f"range [{a}, {b}) is not inside [0, {T}) or is empty")
+        n = b - a
+        cap = self.settings.max_summary_values
+        if n * len(sel) > cap:
+            raise InvalidQuery(
+                f"summary of {n} steps x {len(sel)} cells = {n * len(sel)} values is over the "
+                f"cap of {cap}; ask for fewer steps or cells"
+            )
+        if bins > self.settings.max_summary_bins:
+            raise InvalidQuery(f"bins is at most {self.settings.max_summary_bins}")
+        nb = min(bins, n)
+        if nb * len(sel) > self.settings.max_window_values:
+            raise InvalidQuery(
+                f"{nb} bins x {len(sel)} cells is over the cap of "
+                f"{self.settings.max_window_values} values; ask for fewer bins or cells"
+            )
+        edges = np.unique(np.linspace(a, b, nb + 1).round().astype(np.int64))
+        offsets = edges[:-1] - a
+        nb = int(offsets.shape[0])
+        values = ds.values(layer)
+        mins = np.empty((nb, len(sel)), np.float32)
+        maxs = np.empty((nb, len(sel)), np.float32)
+        means = np.empty((nb, len(sel)), np.float32)
+        per = max(1, SUMMARY_CHUNK_VALUES // n)
+        sel_arr = np.asarray(sel, dtype=np.intp)
+        for j in range(0, len(sel), per):
+            idx = sel_arr[j : j + per]
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            rows = values[lo:hi, a:b] if hi - lo == idx.size else values[idx, a:b]
+            block = np.asarray(rows, dtype=np.float32)
+            # fmin/fmax skip NaN (NaN only where a bin has no number at all)
+            mins[:, j : j + idx.size] = np.fmin.reduceat(block, offsets, axis=1).T
+            maxs[:, j : j + idx.size] = np.fmax.reduceat(block, offsets, axis=1).T
+            finite = np.isfinite(block)
+            count = np.add.reduceat(finite, offsets, axis=1, dtype=np.int64)
+            total = np.add.reduceat(
+                np.where(finite, block, np.float32(0)), offsets, axis=1, dtype=np.float64
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means[:, j : j + idx.size] = np.where(count > 0, total / count, np.nan).T
+        return LayerSummary.model_construct(
+            layer=layer,
+            start=a,
+            end=b,
+            bins=nb,
+            bin_starts=[int(x) for x in edges],
+            cells=sel,
+            mins=finite_list(mins),
+            maxs=finite_list(maxs),
+            means=finite_list(means),
+        )
 
     # -- select and search ---------------------------------------------------------------------
 
@@ -263,7 +383,7 @@ class MatchService:
         if len(words) > self.settings.max_phrase_tokens:
             raise InvalidQuery(f"a phrase has at most {self.settings.max_phrase_tokens} tokens")
         phrase = phrase_ids(ds, words) if q is not None else parse_ids(ids or "")
-        index = token_index(ds, self.settings.cache_dir or self.settings.data_root / "cache")
+        index = self.search_index(ds)
         pos = index.find(phrase)
         if within_sequence and pos.size:
             seq_starts = ds.sequence_starts()
@@ -278,6 +398,70 @@ class MatchService:
             total=int(pos.size),
             positions=page.tolist(),
             next_from_step=int(pos[limit]) if pos.size > limit else None,
+        )
+
+    def request_index(self, ds: Dataset) -> None:
+        """Make sure the search index of ``ds`` is built or being built: enqueue the Celery
+        task once (a Redis ``SET NX`` key, expiring after the task time limit, dedupes it
+        across API processes). Raises ``ProblemError`` (503) if it cannot be queued."""
+        cache = cache_dir_of(self.settings)
+        if index_exists(ds, cache):
+            return
+        if self.enqueue_index is None:
+            build_index(ds, cache)
+            return
+        key = _index_key(ds.id)
+        client = self.store.client
+        try:
+            if not client.set(key, "1", nx=True, ex=self.settings.task_time_limit + 60):
+                return  # queued or running already
+            try:
+                self.enqueue_index(ds.id)
+            except Exception:
+                client.delete(key)
+                raise
+        except Exception as exc:
+            log.exception("queueing the search index build of %s failed", ds.id)
+            raise ProblemError(
+                503,
+                f"the search index of dataset {ds.name!r} could not be queued for building "
+                f"({type(exc).__name__}); retry later",
+                headers={"Retry-After": "10"},
+            ) from None
+
+    def search_index(self, ds: Dataset) -> TokenIndex:
+        """The phrase index of ``ds``; if it is not built yet, queue its build and wait up to
+        ``search_index_wait_seconds`` for it, then answer 503 + ``Retry-After``."""
+        cache = cache_dir_of(self.settings)
+        index = open_index(ds, cache)
+        if index is not None:
+            return index
+        raw = self.store.client.get(_index_error_key(ds.id))
+        if raw:
+            failed = raw.decode() if isinstance(raw, bytes) else str(raw)
+            raise ProblemError(
+                503,
+                f"building the search index of dataset {ds.name!r} failed ({failed}); it is "
+                f"tried again after {INDEX_ERROR_TTL} s",
+                headers={"Retry-After": str(INDEX_ERROR_TTL)},
+            )
+        self.request_index(ds)
+        deadline = time.monotonic() + self.settings.search_index_wait_seconds
+        delay = 0.01
+        while True:
+            index = open_index(ds, cache)
+            if index is not None:
+                return index
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.2)
+        raise ProblemError(
+            503,
+            f"the search index of dataset {ds.name!r} ({ds.n_steps} steps) is being built "
+            "(the first search of a dataset waits for it); retry shortly",
+            headers={"Retry-After": "2"},
+            dataset_id=ds.id,
         )
 
     # -- match jobs ----------------------------------------------------------------------------
@@ -479,6 +663,28 @@ def _texts(vocab: list[str], ids: npt.NDArray[np.integer]) -> list[str]:
     return [vocab[i] if 0 <= i < n else "" for i in ids.tolist()]
 
 
+def _text_matrix(vocab: list[str], ids: npt.NDArray[np.integer]) -> list[list[str]]:
+    """``ids`` ``(n, K)`` → their texts (``""`` outside the vocabulary)."""
+    table = np.asarray([*vocab, ""], dtype=object)
+    n = len(vocab)
+    safe = np.where((ids >= 0) & (ids < n), ids, n)
+    return [[str(x) for x in row] for row in table[safe].tolist()]
+
+
+def _cell_list(ds: Dataset, layer: str, cells: list[int] | None) -> list[int]:
+    """Sorted, de-duplicated cells of ``layer`` (all by default). Raises ``InvalidQuery``."""
+    info = ds.layer(layer)
+    sel = sorted(set(cells)) if cells is not None else list(range(info.n_cells))
+    if not sel:
+        raise InvalidQuery("cells must name at least one cell")
+    bad = [c for c in sel if not 0 <= c < info.n_cells]
+    if bad:
+        raise InvalidQuery(
+            f"cells {bad[:10]} are outside layer {layer!r} (cells 0..{info.n_cells - 1})"
+        )
+    return sel
+
+
 def _timings(created: datetime, started: datetime | None, finished: datetime | None) -> Timings:
     t = Timings()
     if started is not None:
@@ -518,6 +724,38 @@ def run_shard(job_id: str, part: int, lo: int, hi: int, store: JobStore, dataset
     if status == "running" and done >= total:
         return merge_job(job_id, query, store)
     return "shard-done"
+
+
+def build_search_index(
+    dataset_id: str, store: JobStore, datasets: Datasets, settings: MatchSettings
+) -> str:
+    """Worker side of ``match.build_search_index``: build the dataset's phrase index (unless it
+    exists), record a failure for the API to report, then remove the caches of datasets that no
+    longer exist. Idempotent; returns what happened (for logs)."""
+    cache = cache_dir_of(settings)
+    t0 = time.perf_counter()
+    outcome = "gone"
+    try:
+        ds = datasets.get(dataset_id)
+        outcome = "built" if build_index(ds, cache) else "exists"
+        store.client.delete(_index_error_key(dataset_id))
+        log.info("search index of %s: %s in %.3fs", ds.id, outcome, time.perf_counter() - t0)
+    except NotFound:
+        outcome = "gone"  # deleted meanwhile, or no tokens
+    except Exception as exc:
+        log.exception("building the search index of %s failed", dataset_id)
+        store.client.set(_index_error_key(dataset_id), type(exc).__name__, ex=INDEX_ERROR_TTL)
+        outcome = "failed"
+    finally:
+        store.client.delete(_index_key(dataset_id))
+        try:
+            live = {m.id for m in datasets.catalog.list()}
+            removed = clean_caches(cache, live)
+            if removed:
+                log.info("removed the caches of deleted datasets %s", removed)
+        except Exception:
+            log.exception("cleaning the caches under %s failed", cache)
+    return outcome
 
 
 def merge_job(job_id: str, query: MatchQuery, store: JobStore) -> str:

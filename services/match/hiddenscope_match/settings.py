@@ -41,6 +41,23 @@ class MatchSettings(ServiceSettings):
     max_search_results: int = Field(default=10_000, ge=1, description="largest search limit")
     max_phrase_tokens: int = Field(default=64, ge=1, description="longest search phrase")
     max_sequences_page: int = Field(default=10_000, ge=1, description="sequences per info page")
+    max_vocab_page: int = Field(default=10_000, ge=1, description="most entries of a vocab page")
+    max_summary_values: int = Field(
+        default=20_000_000,
+        ge=1,
+        description="most steps x cells one summary request reduces (more: 422)",
+    )
+    max_summary_bins: int = Field(default=10_000, ge=1, description="most bins of a summary")
+    search_index_wait_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long a search waits for a search index being built before it "
+        "answers 503 + Retry-After",
+    )
+    search_index_eager: bool = Field(
+        default=True,
+        description="start building a dataset's search index when its info is first read",
+    )
 
 
 @functools.cache

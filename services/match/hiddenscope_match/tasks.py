@@ -1,5 +1,6 @@
 """Celery tasks of the match service (queue ``match``): thin wrappers around
-:func:`hiddenscope_match.service.run_shard`. Payloads carry the job id and shard bounds only.
+:func:`hiddenscope_match.service.run_shard` (payload: the job id and shard bounds only) and
+:func:`hiddenscope_match.service.build_search_index` (payload: the dataset id).
 
 Run a worker with ``celery -A hiddenscope_match.tasks:celery_app worker -Q match``.
 """
@@ -12,7 +13,13 @@ from celery import Celery
 from hiddenscope_service.jobs import JobStore
 
 from hiddenscope_match.datasets import Datasets
-from hiddenscope_match.service import JOB_PREFIX, TASK_NAME, run_shard
+from hiddenscope_match.service import (
+    INDEX_TASK_NAME,
+    JOB_PREFIX,
+    TASK_NAME,
+    build_search_index,
+    run_shard,
+)
 from hiddenscope_match.settings import get_settings
 
 celery_app = Celery("hiddenscope_match", set_as_current=False)
@@ -37,3 +44,9 @@ def datasets() -> Datasets:
 def run_shard_task(job_id: str, part: int, lo: int, hi: int) -> str:
     """Shard ``part`` (steps ``[lo, hi)``) of match job ``job_id`` (idempotent)."""
     return run_shard(job_id, part, lo, hi, job_store(), datasets())
+
+
+@celery_app.task(name=INDEX_TASK_NAME, acks_late=True, reject_on_worker_lost=True)
+def build_search_index_task(dataset_id: str) -> str:
+    """Build the phrase search index of dataset ``dataset_id`` (idempotent)."""
+    return build_search_index(dataset_id, job_store(), datasets(), get_settings())

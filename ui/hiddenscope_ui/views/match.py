@@ -179,6 +179,18 @@ def _rows(
                     if lab is not None and lab >= 0 and 0 <= col(j) < width:
                         tz[t][i, col(j)] = lab % len(charts.CATEGORICAL)
                         thover[t][i][col(j)] = names[lab] if lab < len(names) else str(lab)
+            elif track_meta[t]["kind"] == "topk":  # the best prediction: its score and word
+                words = tw.get("texts") or []
+                ids = tw.get("ids") or []
+                for j, row in enumerate(tw.get("scores") or []):
+                    if not row or not 0 <= col(j) < width:
+                        continue
+                    if row[0] is not None and math.isfinite(row[0]):
+                        tz[t][i, col(j)] = row[0]
+                    word = words[j][0] if j < len(words) and words[j] else None
+                    if word is None and j < len(ids) and ids[j]:
+                        word = f"#{ids[j][0]}"
+                    thover[t][i][col(j)] = f"{word} ({row[0]:.3g})" if row[0] is not None else ""
             else:
                 for j, v in enumerate(tw.get("value") or []):
                     if v is not None and math.isfinite(v) and 0 <= col(j) < width:

@@ -3,7 +3,8 @@ and dtype checked before reading, read in row chunks) or parsed by streaming tex
 
 Formats by file extension (or ``format`` in a :class:`~hiddenscope_ingest.manifest.SourceRef`):
 ``.npy``, ``.npz``, ``.safetensors``, ``.h5/.hdf5``, ``.parquet/.pq``, ``.arrow/.feather``,
-text (``.txt``, ``.tokens``, ``.vocab``, ``.conll``, ``.conllu``) and ``.dict``. Anything else
+text (``.txt``, ``.tokens``, ``.vocab``, ``.conll``, ``.conllu``), ``.dict``, FASTA
+(``.fa``, ``.fasta``, ``.fna``, ``.fas``) and BED (``.bed``). Anything else
 is 415 Unsupported format.
 """
 
@@ -35,6 +36,11 @@ EXTENSIONS: dict[str, str] = {
     ".conllu": "text",
     ".tsv": "text",
     ".dict": "dict",
+    ".fa": "fasta",
+    ".fasta": "fasta",
+    ".fna": "fasta",
+    ".fas": "fasta",
+    ".bed": "bed",
     ".yml": "yaml",
     ".yaml": "yaml",
     ".json": "json",

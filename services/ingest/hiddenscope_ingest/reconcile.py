@@ -1,0 +1,200 @@
+"""The reconciler: puts jobs that fell through the cracks back on the queue and removes what dead
+attempts left on disk. Redis and the broker are not a system of record (a lost message, a
+Redis restart without AOF, a worker killed between claim and ack), so the job store is
+compared with the queue and the disk periodically — without ``celery beat``:
+
+* the API runs one pass at startup and then every ``reconcile_interval_seconds`` (a Redis lock
+  makes concurrent API replicas take turns);
+* the Celery task ``hiddenscope_ingest.reconcile`` runs one pass (e.g. from cron via
+  ``celery call``);
+* the CLI ``python -m hiddenscope_ingest.reconcile [--dry-run]`` runs one pass.
+
+One pass:
+
+1. a ``queued`` job not updated for ``requeue_after_seconds``, and a ``running`` job whose lease
+   expired (its worker died: a live worker renews its lease every ``lease_seconds / 3`` with a
+   heartbeat, also during the index build), is enqueued again — at most once per
+   ``requeue_after_seconds`` (note ``requeued_at``). Harmless if the old message still exists:
+   a delivery of a job that is held or finished does nothing (``JobStore.claim``); a takeover
+   counts as an attempt (poison cap ``max_attempts``).
+2. ``staging/<id>`` directories that no unfinished job owns (note ``staging_id``) and in which
+   nothing changed for ``leftover_after_seconds`` are removed (an attempt that died mid-write);
+3. ``uploads/<job>`` and ``uploads/<job>.work`` of jobs that are finished or unknown (expired),
+   unchanged for ``leftover_after_seconds``, are removed (uploads still being received have no
+   job yet, but they change all the time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hiddenscope_service.jobs import JobStore
+
+from hiddenscope_ingest.service import JOB_KIND, TASK_NAME
+from hiddenscope_ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    requeued: list[str] = field(default_factory=list)
+    removed_staging: list[str] = field(default_factory=list)
+    removed_uploads: list[str] = field(default_factory=list)
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "requeued": self.requeued,
+            "removed_staging": self.removed_staging,
+            "removed_uploads": self.removed_uploads,
+            "skipped": self.skipped,
+        }
+
+
+def newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` and everything below it (0 if it vanished)."""
+    try:
+        newest = path.lstat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(path):
+            for n in (*dirnames, *filenames):
+                try:
+                    newest = max(newest, os.lstat(os.path.join(dirpath, n)).st_mtime)
+                except FileNotFoundError:
+                    continue
+    return newest
+
+
+def reconcile(
+    settings: IngestSettings,
+    store: JobStore,
+    enqueue: Callable[[str], None],
+    *,
+    dry_run: bool = False,
+    lock: bool = True,
+) -> ReconcileReport:
+    """One reconciliation pass (see the module docstring). ``lock``: skip the pass if another
+    process holds the reconcile lock."""
+    report = ReconcileReport()
+    lock_key = f"{store.prefix}:reconcile-lock"
+    token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
+    if lock and not store.client.set(lock_key, token, nx=True, ex=300):
+        report.skipped = True
+        return report
+    try:
+        _pass(settings, store, enqueue, dry_run, report)
+    finally:
+        if lock and store.client.get(lock_key) == token:
+            store.client.delete(lock_key)
+    if report.requeued or report.removed_staging or report.removed_uploads:
+        log.warning("reconcile: %s", json.dumps(report.as_dict()))
+    return report
+
+
+def _pass(
+    settings: IngestSettings,
+    store: JobStore,
+    enqueue: Callable[[str], None],
+    dry_run: bool,
+    report: ReconcileReport,
+) -> None:
+    now = store.now()
+    unfinished = store.unfinished(JOB_KIND)
+    live_staging = {j.notes["staging_id"] for j in unfinished if j.notes.get("staging_id")}
+    live_jobs = {j.id for j in unfinished}
+
+    # 1. stuck jobs back on the queue
+    for job in unfinished:
+        last = float(job.notes.get("requeued_at") or 0)
+        if now - last < settings.requeue_after_seconds:
+            continue
+        idle = now - job.updated_at
+        stuck = (job.status == "queued" and idle >= settings.requeue_after_seconds) or (
+            job.status == "running" and job.lease_until < now
+        )
+        if not stuck:
+            continue
+        report.requeued.append(job.id)
+        if not dry_run:
+            store.set_note(job.id, "requeued_at", str(now))
+            enqueue(job.id)
+
+    # 2. staging directories of dead attempts
+    wall = time.time()
+    staging = settings.data_root / "staging"
+    if staging.is_dir():
+        for entry in sorted(staging.iterdir()):
+            if entry.name in live_staging:
+                continue
+            if wall - newest_mtime(entry) < settings.leftover_after_seconds:
+                continue
+            report.removed_staging.append(entry.name)
+            if not dry_run:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    # 3. uploads and work directories of finished or forgotten jobs
+    uploads = settings.uploads_path
+    if uploads.is_dir():
+        for entry in sorted(uploads.iterdir()):
+            job_id = entry.name.removesuffix(".work")
+            if job_id in live_jobs:
+                continue
+            if wall - newest_mtime(entry) < settings.leftover_after_seconds:
+                continue
+            if store.exists(job_id) and store.get(job_id).status in ("queued", "running"):
+                continue  # became unfinished since the listing (created meanwhile)
+            report.removed_uploads.append(entry.name)
+            if not dry_run:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def make_enqueue(settings: IngestSettings) -> Callable[[str], None]:
+    """``enqueue(job_id)`` sending ``ingest.convert`` to the ingest queue (for the CLI)."""
+    from hiddenscope_service.celery_app import make_celery
+
+    celery = make_celery(
+        "hiddenscope_ingest_reconcile",
+        broker_url=settings.celery_broker_url,
+        queue=settings.queue,
+        task_time_limit=settings.task_time_limit,
+        visibility_timeout=settings.visibility_timeout,
+    )
+
+    def enqueue(job_id: str) -> None:
+        celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue)
+
+    return enqueue
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="One reconciliation pass of the ingest service")
+    ap.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    args = ap.parse_args(argv)
+    from hiddenscope_ingest.settings import get_settings
+
+    settings = get_settings()
+    store = JobStore.from_url(
+        settings.redis_url, prefix="hiddenscope:ingest", ttl_seconds=settings.job_ttl_seconds,
+        max_attempts=settings.max_attempts,
+    )  # fmt: skip
+    report = reconcile(settings, store, make_enqueue(settings), dry_run=args.dry_run)
+    print(json.dumps(report.as_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
