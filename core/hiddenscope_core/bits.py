@@ -63,7 +63,13 @@ def f16_key_threshold(theta: float) -> int:
     """
     if math.isnan(theta):
         raise ValueError("threshold is NaN")
-    f = np.float16(theta)  # nearest; may be below theta
+    f16_max = float(np.finfo(np.float16).max)
+    if theta > f16_max:
+        f = np.float16(np.inf)  # only +inf is >= theta
+    elif theta < -f16_max:
+        f = np.float16(-np.inf)  # every number is >= theta
+    else:
+        f = np.float16(theta)  # nearest; may be below theta
     if float(f) < theta:
         f = np.nextafter(f, np.float16(np.inf))
     if float(f) == 0.0:
