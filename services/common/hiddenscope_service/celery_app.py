@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 
 def celery_config(
@@ -66,7 +66,7 @@ def celery_config(
         "visibility_timeout": visibility_timeout,
         "task_ignore_result": True,  # the job store is the record; Celery results are not read
         "task_default_queue": queue,
-        "task_queues": [Queue(queue)],
+        "task_queues": [Queue(queue)],  # type: ignore[no-untyped-call]  # kombu is untyped
         "task_serializer": "json",
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,

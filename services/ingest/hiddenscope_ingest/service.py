@@ -9,6 +9,7 @@ recognises a dataset that an earlier attempt already published.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,11 +34,13 @@ from hiddenscope_ingest.loaders.archives import extract_archive
 from hiddenscope_ingest.loaders.base import Limits
 from hiddenscope_ingest.manifest import IngestManifest
 from hiddenscope_ingest.plan import build_plan
+from hiddenscope_ingest.sandbox import check_in_sandbox, deep_check, scratch_dir
 from hiddenscope_ingest.settings import IngestSettings
 from hiddenscope_ingest.upload import ReceivedFile
 
 log = logging.getLogger(__name__)
 
+TEXT_FORMATS = frozenset({"text", "dict", "fasta", "bed"})
 JOB_KIND = "ingest"
 TASK_NAME = "ingest.convert"
 RECONCILE_TASK_NAME = "hiddenscope_ingest.reconcile"
@@ -156,12 +159,41 @@ class IngestService:
                     f"{rel}: sha256 mismatch (expected {expected}, received {actual}); "
                     "the file was damaged in transit or the checksum is wrong"
                 )
-        if manifest.archive is not None:
-            if detect_format(manifest.archive) != "archive":
-                raise InvalidManifest(f"{manifest.archive!r} is not a .zip, .tar or .tar.gz")
-            return
-        plan = build_plan(manifest, source_dir, self.limits, work_dir=None)
-        plan.close()
+        if manifest.archive is not None and detect_format(manifest.archive) != "archive":
+            raise InvalidManifest(f"{manifest.archive!r} is not a .zip, .tar or .tar.gz")
+        self.deep_check(manifest, source_dir)
+
+    def deep_check(self, manifest: IngestManifest, source_dir: Path) -> None:
+        """Headers, shapes and (when small) text files and archives, checked before the 202
+        in a resource-limited child process (:mod:`hiddenscope_ingest.sandbox`)."""
+        s = self.settings
+        text_bytes = 0
+        for rel in manifest.referenced_files():
+            if detect_format(rel) in TEXT_FORMATS:
+                text_bytes += resolve_file(source_dir, rel).stat().st_size
+        deep_text = text_bytes <= s.validate_text_max_bytes
+        small_archive = (
+            manifest.archive is not None
+            and resolve_file(source_dir, manifest.archive).stat().st_size
+            <= s.validate_archive_max_bytes
+        )
+        scratch = (
+            scratch_dir(s.uploads_path) if (deep_text and text_bytes > 0) or small_archive else None
+        )
+        job = {
+            "manifest": manifest.model_dump(mode="json"),
+            "root": str(source_dir),
+            "limits": dataclasses.asdict(self.limits),
+            "scratch": str(scratch) if scratch is not None else None,
+            "deep_text": scratch is not None and (deep_text or small_archive),
+            "archive_check_bytes": 8 * s.validate_archive_max_bytes,
+            "memory_bytes": s.sandbox_memory_bytes,
+            "cpu_seconds": s.sandbox_cpu_seconds,
+        }
+        if s.sandbox:
+            check_in_sandbox(job, timeout=s.sandbox_timeout_seconds)
+        else:
+            deep_check(job)
 
     def submit(
         self,

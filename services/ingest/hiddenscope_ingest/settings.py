@@ -43,6 +43,33 @@ class IngestSettings(ServiceSettings):
         default=120, ge=2, description="a worker's job lease, renewed with every chunk"
     )
     queue: str = "ingest"
+    sandbox: bool = Field(
+        default=True,
+        description="run the pre-202 check of an upload in a resource-limited child process",
+    )
+    sandbox_memory_bytes: int = Field(
+        default=2 * 2**30, ge=2**24, description="heap (RLIMIT_DATA) the check may add"
+    )
+    sandbox_cpu_seconds: int = Field(default=60, ge=1, description="CPU time of one check")
+    sandbox_timeout_seconds: float = Field(default=120, gt=0, description="wall time of a check")
+    validate_text_max_bytes: int = Field(
+        default=16 * 2**20,
+        ge=0,
+        description="text inputs (tokens, CoNLL, FASTA, BED, vocabularies) up to this size in "
+        "all are parsed before the 202; larger ones by the worker",
+    )
+    validate_archive_max_bytes: int = Field(
+        default=64 * 2**20,
+        ge=0,
+        description="archives up to this size are extracted and checked before the 202 (at "
+        "most 8x this size is extracted); larger ones by the worker",
+    )
+    worker_max_data_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="RLIMIT_DATA of each worker pool process (heap; memory maps excluded); "
+        "0 = no limit",
+    )
     reconcile_interval_seconds: float = Field(
         default=300,
         ge=0,

@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import worker_process_init
 from hiddenscope_service.jobs import JobStore
 
 from hiddenscope_ingest.service import RECONCILE_TASK_NAME, TASK_NAME, JobBusy, run_conversion
@@ -19,6 +20,16 @@ from hiddenscope_ingest.settings import get_settings
 
 celery_app = Celery("hiddenscope_ingest", set_as_current=False)
 celery_app.config_from_object("hiddenscope_ingest.celeryconfig")  # lazy: read on first use
+
+
+@worker_process_init.connect
+def _limit_pool_process(**_: Any) -> None:
+    """Cap each pool process's heap when ``worker_max_data_bytes`` is set (see ``sandbox``)."""
+    limit = get_settings().worker_max_data_bytes
+    if limit:
+        from hiddenscope_ingest.sandbox import limit_data
+
+        limit_data(limit)
 
 
 @functools.cache

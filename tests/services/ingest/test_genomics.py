@@ -170,3 +170,22 @@ def test_bed_overlaps_last_line_wins(tmp_path: Path) -> None:
     assert got.labels.read(0, 12).tolist() == [1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 0, 0]
     with pytest.raises(InvalidData, match="past"):
         read_bed(path, "a", "t", np.array([0, 9]), ["c", "d"], 12, tmp_path, Limits())
+
+
+def test_text_and_archive_errors_are_immediate(client: httpx.Client) -> None:
+    """Small text files and archives are checked before the 202 (in the sandboxed check)."""
+    from tests.services.ingest.helpers import post_upload, tar_gz_bytes
+
+    x = {"x.npy": npy_bytes(states(4, 2, seed=43))}
+    layer = {"layers": [{"name": "l", "source": {"file": "x.npy"}}]}
+    r = post_upload(
+        client, {**layer, "name": "fa-now", "fasta": {"file": "g.fa"}}, {**x, "g.fa": b">a\nAC1T\n"}
+    )
+    assert r.status_code == 422, r.text
+    assert "'1'" in r.json()["detail"]
+    archive = tar_gz_bytes({"x.npy": x["x.npy"], "tok.txt": b"a\nb\n"})  # 2 tokens, T=4
+    tokens = {"source": {"file": "tok.txt"}}
+    manifest = {**layer, "name": "tar-now", "archive": "p.tar.gz", "tokens": tokens}
+    r = post_upload(client, manifest, {"p.tar.gz": archive})
+    assert r.status_code == 422, r.text
+    assert "2 tokens" in r.json()["detail"]

@@ -107,7 +107,7 @@ class SafetensorsSource:
             self.handle = None
         else:
             self.handle = safe_open(str(path), framework="numpy")
-            self.slice = self.handle.get_slice(key)
+            self.slice = self.handle.get_slice(key)  # type: ignore[no-untyped-call]  # untyped stub
 
     def read(self, start: int, stop: int) -> npt.NDArray[np.generic]:
         if self.bf16:
