@@ -355,12 +355,21 @@ def plan_shards(ds: MatchSource, query: MatchQuery, shard_steps: int) -> list[tu
     return [(lo, min(lo + shard_steps, end)) for lo in range(start, end, shard_steps)]
 
 
-def match_shard(ds: MatchSource, query: MatchQuery, lo: int, hi: int) -> MatchPartial:
+def match_shard(
+    ds: MatchSource, query: MatchQuery, lo: int, hi: int, *, floor: int = 0
+) -> MatchPartial:
     """The top ``query.top_k`` candidates that start in ``[lo, hi)`` (and, with ``stats``,
-    their count and length histograms)."""
+    their count and length histograms).
+
+    ``floor``: an intersection ``|S1 ∩ S2|`` that the k-th best of another, disjoint shard
+    already reaches (0 if none is known). Candidates below it cannot be in the global top k, so
+    they are left out (the shard may then return fewer than ``top_k`` hits); the merge stays
+    exact. ``MatchPartial.kth_intersection`` gives this shard's own bound to the others.
+    """
     if lo < 0 or hi > ds.n_steps or hi <= lo:
         raise InvalidQuery(f"shard [{lo}, {hi}) is outside the data (0..{ds.n_steps})")
-    return _match_range(prepare(ds, query), lo, hi, ds.sequence_names())
+    shared = np.array([max(0, floor)], dtype=np.int64)
+    return _match_range(prepare(ds, query), lo, hi, ds.sequence_names(), shared)
 
 
 def merge_partials(query: MatchQuery, partials: Sequence[MatchPartial]) -> MatchResult:

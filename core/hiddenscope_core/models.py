@@ -223,6 +223,11 @@ class MatchPartial(BaseModel):
     stats: MatchStats | None = None
     threshold_on_grid: bool = True
 
+    def kth_intersection(self, top_k: int) -> int:
+        """The intersection of this shard's ``top_k``-th best (0 with fewer hits): a ``floor``
+        for the other shards of the same query (see ``match.match_shard``)."""
+        return self.hits[top_k - 1].intersection if len(self.hits) >= top_k else 0
+
 
 class MatchResult(BaseModel):
     query: MatchQuery

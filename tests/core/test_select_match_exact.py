@@ -515,3 +515,23 @@ def test_long_corpus_exact(roots) -> None:
     for a in [0, (1 << 20) - 2, T - 3]:
         b = min(a + 3, next(hi for lo, hi in spec.bounds() if lo <= a < hi))
         check_select(ds, spec, SelectQuery(layer="main", start=a, end=b, right_off=2))
+
+
+@pytest.mark.parametrize("seed", [3, 11, 29])
+def test_shard_floor_keeps_the_merge_exact(roots, seed: int) -> None:
+    """Shards run one after another, each pruned by the best k-th intersection of the shards
+    before it (how the match service's Celery shards share their bound), merge to the answer
+    of the reference."""
+    spec = random_dataspec(seed=seed, T=1500, D=10, dtype="float32", transform="none", nan_frac=0)
+    ds = write_dataset(spec, roots())
+    for cells, top_k in [([0, 1, 2, 3], 5), ([1, 4, 7], 20), ([2, 5], 3)]:
+        q = MatchQuery(layer="main", cells=cells, threshold=0.3, top_k=top_k, min_length=1)
+        ref = run_ref_match(ds, spec, q)
+        floor = 0
+        partials = []
+        for lo, hi in plan_shards(ds, q, 97):
+            part = match_shard(ds, q, lo, hi, floor=floor)
+            assert all(h.intersection >= floor for h in part.hits)
+            floor = max(floor, part.kth_intersection(q.top_k))
+            partials.append(part)
+        assert_hits_equal(merge_partials(q, partials).hits, ref.hits, q)

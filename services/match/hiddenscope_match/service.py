@@ -713,12 +713,14 @@ def run_shard(job_id: str, part: int, lo: int, hi: int, store: JobStore, dataset
     try:
         ds = datasets.get(str(job.payload["dataset_id"]))
         query = MatchQuery.model_validate(job.payload["query"])
-        partial = match_shard(ds, query, lo, hi)
+        # shards finished earlier tell how many shared cells the global top k reaches at least
+        partial = match_shard(ds, query, lo, hi, floor=_shard_floor(store, job_id))
     except Exception as exc:  # a shard error fails the whole job, with its problem
         if not isinstance(exc, (InvalidQuery, NotFound)):
             log.exception("shard %d [%d, %d) of job %s failed", part, lo, hi, job_id)
         store.fail(job_id, problem_from_exception(exc).model_dump(exclude_none=True))
         return "failed"
+    _raise_shard_floor(store, job_id, partial.kth_intersection(query.top_k))
     log.info("job %s shard %d [%d, %d) in %.3fs", job_id, part, lo, hi, time.perf_counter() - t0)
     status, done, total = store.finish_part(job_id, part, partial.model_dump_json())
     if status == "running" and done >= total:
@@ -758,6 +760,25 @@ def build_search_index(
     return outcome
 
 
+def _floor_key(store: JobStore, job_id: str) -> str:
+    return f"{store.prefix}:match-floor:{job_id}"
+
+
+def _shard_floor(store: JobStore, job_id: str) -> int:
+    """The best k-th intersection any finished shard of the job reached (0 if none)."""
+    score = store.client.zscore(_floor_key(store, job_id), "floor")
+    return int(score) if score is not None else 0
+
+
+def _raise_shard_floor(store: JobStore, job_id: str, value: int) -> None:
+    """Raise the job's shard floor to ``value`` (a sorted set with ``GT`` keeps the maximum
+    atomically, whatever order the shards finish in)."""
+    if value > 0:
+        key = _floor_key(store, job_id)
+        store.client.zadd(key, {"floor": value}, gt=True)
+        store.client.expire(key, store.ttl_seconds)
+
+
 def merge_job(job_id: str, query: MatchQuery, store: JobStore) -> str:
     """Merge the recorded partials of a job whose shards are all done and finish it."""
     job = store.get(job_id)
@@ -771,4 +792,5 @@ def merge_job(job_id: str, query: MatchQuery, store: JobStore) -> str:
     )
     if moved:
         store.drop_parts(job_id)
+        store.client.delete(_floor_key(store, job_id))
     return "merged" if moved else "merged-elsewhere"
