@@ -3,40 +3,28 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
+from typing import Any
+
+from hiddenscope_service import openapi_export
 
 from hiddenscope_match.settings import MatchSettings
 
 DEFAULT_PATH = Path("schemas/match.openapi.json")
 
 
-def render() -> str:
+def _app() -> Any:
     from hiddenscope_match.app import create_app
 
-    app = create_app(MatchSettings(redis_url="redis://127.0.0.1:1/0"))  # never connected
-    return json.dumps(app.openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return create_app(MatchSettings(redis_url="redis://127.0.0.1:1/0"))  # never connected
+
+
+def render() -> str:
+    return openapi_export.render(_app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    check = "--check" in args
-    paths = [a for a in args if a != "--check"]
-    path = Path(paths[0]) if paths else DEFAULT_PATH
-    text = render()
-    if check:
-        current = path.read_text() if path.exists() else ""
-        if current != text:
-            print(
-                f"{path} is out of date: run python -m hiddenscope_match.openapi", file=sys.stderr
-            )
-            return 1
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
-    return 0
+    return openapi_export.main(_app, DEFAULT_PATH, "hiddenscope_match.openapi", argv)
 
 
 if __name__ == "__main__":
