@@ -7,12 +7,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
-import redis
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from hiddenscope_service.app_parts import add_health_route, install_openapi
 from hiddenscope_service.celery_app import make_celery
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.problems import Problem, install_problem_handlers
@@ -81,37 +79,6 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.state.service = IngestService(settings=settings, store=store, enqueue=enqueue)
     app.include_router(router)
 
-    @app.get("/healthz", summary="Liveness and Redis reachability", tags=["health"])
-    async def healthz() -> JSONResponse:
-        def ping() -> bool:
-            try:
-                return bool(store.client.ping())
-            except redis.RedisError:
-                return False
-
-        ok = await run_in_threadpool(ping)
-        return JSONResponse(
-            {"status": "ok" if ok else "degraded", "redis": ok}, status_code=200 if ok else 503
-        )
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            comps = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (PathIngestRequest, Problem):
-                extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, sub in extra.pop("$defs", {}).items():
-                    comps.setdefault(name, sub)
-                comps.setdefault(model.__name__, extra)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    add_health_route(app, store.client)
+    install_openapi(app, (PathIngestRequest, Problem))
     return app
