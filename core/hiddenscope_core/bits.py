@@ -78,6 +78,18 @@ def f16_key_threshold(theta: float) -> int:
     return _f16_sort_key_py(bits)
 
 
+def f32_threshold(theta: float) -> float:
+    """The smallest float32 ``f`` with ``f >= theta``: for every float32 ``x``,
+    ``x >= theta  <=>  x >= f`` (so comparisons can stay in float32)."""
+    if math.isnan(theta):
+        raise ValueError("threshold is NaN")
+    with np.errstate(over="ignore"):
+        f = np.float32(theta)  # nearest (may be below theta, or ±inf past the float32 range)
+    if float(f) < theta:
+        f = np.nextafter(f, np.float32(np.inf))
+    return float(f)
+
+
 def _f16_sort_key_py(b: int) -> int:
     return (~b) & 0xFFFF if b & 0x8000 else b | 0x8000
 

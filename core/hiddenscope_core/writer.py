@@ -174,23 +174,6 @@ def _stats_transpose_f16(
     return int(ninf.sum())
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _starts_in_words(words: Any, bm: Any, carry: np.uint64) -> tuple[int, int]:
-    """Count run starts (``on & ~prev | on & boundary``) and on bits in ``words`` given the
-    bit before the first word. Returns ``(starts, ons)``."""
-    starts = 0
-    ons = 0
-    one = np.uint64(1)
-    for i in range(words.shape[0]):
-        w = words[i]
-        sh = (w << one) | carry
-        carry = w >> np.uint64(63)
-        s = w & (~sh | bm[i])
-        starts += _popcount(s)
-        ons += _popcount(w)
-    return starts, ons
-
-
 @nb.njit(cache=True, nogil=True)
 def _hist_col(col: Any, lo: float, scale: float, hist: Any) -> None:
     nb_ = hist.shape[0]
@@ -202,81 +185,137 @@ def _hist_col(col: Any, lo: float, scale: float, hist: Any) -> None:
             hist[b] += 1
 
 
+_MAGIC = np.uint64(0x0102040810204080)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _pack_bytes(b64: Any) -> np.uint64:
+    """Pack 64 bytes that are each 0 or 1 (viewed as 8 uint64) into one word, byte ``j`` to
+    bit ``j``: the multiply gathers the low bit of each byte of a uint64 into its top byte
+    (the partial products are distinct powers of two, so nothing carries)."""
+    word = np.uint64(0)
+    for k in range(8):
+        word |= ((b64[k] * _MAGIC) >> np.uint64(56)) << np.uint64(8 * k)
+    return word
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fold_word(
+    word: Any, g: int, c: int, w: int, bm: Any, carry: Any, pl: Any, counts: Any, ons: Any
+) -> None:
+    """Store a packed word and count its run starts (``on & ~prev | on & boundary``) and on
+    bits; ``carry[g, c]`` is the last bit of the previous word."""
+    one = np.uint64(1)
+    pl[g, c, w] = word
+    sh = (word << one) | carry[g, c]
+    carry[g, c] = word >> np.uint64(63)
+    counts[g, c] += _popcount(word & (~sh | bm[w]))
+    ons[g, c] += _popcount(word)
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _pass1_f32(
+def _planes_block_f32(
     vals: Any,
     b0: int,
     b1: int,
-    kchunk: int,
-    thetas: Any,
+    th32: Any,
     bm: Any,
-    planes: Any,
+    carry: Any,
+    pl: Any,
     counts: Any,
     ons: Any,
     lo: float,
     scale: float,
     hist: Any,
 ) -> None:
-    """For a step block of every cell: pack the on-planes, count run starts (into
-    ``counts[g, c, kchunk]``) and on steps, and add to the value histogram. ``vals`` is the
-    whole ``(D, T)`` float32 array and ``planes`` the whole ``(G, D, W)`` array (slicing inside
-    keeps the C layout, so the packing loops vectorise); the block is steps ``[b0, b1)``,
-    ``b0 % 64 == 0``; the words before it are already packed."""
+    """The on-planes of steps ``[b0, b1)`` (``b0 % 64 == 0``) of every cell into the block
+    buffer ``pl`` ``(G, D, nw)``; run starts into ``counts`` ``(G, D)`` and on steps into
+    ``ons``; the values into the histogram. ``vals`` is the whole ``(D, T)`` float32 array,
+    ``th32[g]`` the smallest float32 ``>= θ_g`` (so ``v >= θ`` is ``v >= th32``; NaN is off).
+    Each comparison writes a byte and ``_pack_bytes`` gathers 64 of them: the compare loop
+    vectorises, unlike a shift-or per bit."""
     d = vals.shape[0]
-    g_n = thetas.shape[0]
-    w0 = b0 >> 6
-    w1 = (b1 + 63) >> 6
+    g_n = th32.shape[0]
+    n = b1 - b0
+    nw = (n + 63) >> 6
+    nb_ = hist.shape[1]
     for c in nb.prange(d):
         col = vals[c, b0:b1]
-        for g in range(g_n):
-            out = planes[g, c, w0:w1]
-            bits.pack_ge_f32(col, thetas[g], out)
-            carry = planes[g, c, w0 - 1] >> np.uint64(63) if w0 > 0 else np.uint64(0)
-            s, o = _starts_in_words(out, bm, carry)
-            counts[g, c, kchunk] += s
-            ons[g, c] += o
-        _hist_col(col, lo, scale, hist[c])
+        cmp = np.zeros(64, np.uint8)
+        c64 = cmp.view(np.uint64)
+        h = hist[c]
+        for w in range(nw):
+            base = w << 6
+            if base + 64 <= n:
+                for g in range(g_n):
+                    t = th32[g]
+                    for j in range(64):
+                        cmp[j] = col[base + j] >= t
+                    _fold_word(_pack_bytes(c64), g, c, w, bm, carry, pl, counts, ons)
+            else:  # the last, partial word: bits past the data stay 0
+                for g in range(g_n):
+                    t = th32[g]
+                    cmp[:] = 0
+                    for j in range(n - base):
+                        cmp[j] = col[base + j] >= t
+                    _fold_word(_pack_bytes(c64), g, c, w, bm, carry, pl, counts, ons)
+        for i in range(n):
+            x = col[i]
+            if x == x:
+                b = int((x - lo) * scale)
+                h[min(max(b, 0), nb_ - 1)] += 1
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _pass1_f16(
+def _planes_block_f16(
     vals: Any,
     b0: int,
     b1: int,
-    kchunk: int,
     keys: Any,
     lut: Any,
     bm: Any,
-    planes: Any,
+    carry: Any,
+    pl: Any,
     counts: Any,
     ons: Any,
     lo: float,
     scale: float,
     hist: Any,
 ) -> None:
-    """As ``_pass1_f32`` for float16 values given as uint16 bit patterns (``keys`` from
-    ``bits.f16_key_threshold``; ``lut`` maps bit patterns to float32 for the histogram)."""
+    """As ``_planes_block_f32`` for float16 values given as uint16 bit patterns: each value's
+    sortable key (0 for NaN, which is below every threshold key) is compared with
+    ``keys[g]`` from ``bits.f16_key_threshold``; ``lut`` maps bit patterns to float32 for the
+    histogram."""
     d = vals.shape[0]
     g_n = keys.shape[0]
-    w0 = b0 >> 6
-    w1 = (b1 + 63) >> 6
+    n = b1 - b0
+    nw = (n + 63) >> 6
+    nb_ = hist.shape[1]
     for c in nb.prange(d):
         col = vals[c, b0:b1]
-        for g in range(g_n):
-            out = planes[g, c, w0:w1]
-            bits.pack_ge_f16bits(col, keys[g], out)
-            carry = planes[g, c, w0 - 1] >> np.uint64(63) if w0 > 0 else np.uint64(0)
-            s, o = _starts_in_words(out, bm, carry)
-            counts[g, c, kchunk] += s
-            ons[g, c] += o
+        cmp = np.zeros(64, np.uint8)
+        c64 = cmp.view(np.uint64)
+        kv = np.zeros(64, np.uint16)
         h = hist[c]
-        nb_ = h.shape[0]
-        for i in range(col.shape[0]):
+        for w in range(nw):
+            base = w << 6
+            m = min(64, n - base)
+            for j in range(m):
+                u = np.int32(col[base + j])
+                k = ((~u) & 0xFFFF) if u & 0x8000 else (u | 0x8000)
+                kv[j] = 0 if (u & 0x7FFF) > 0x7C00 else k
+            for j in range(m, 64):
+                kv[j] = 0
+            for g in range(g_n):
+                kg = np.uint16(keys[g])
+                for j in range(64):
+                    cmp[j] = kv[j] >= kg
+                _fold_word(_pack_bytes(c64), g, c, w, bm, carry, pl, counts, ons)
+        for i in range(n):
             x = lut[col[i]]
             if x == x:
                 b = int((x - lo) * scale)
-                b = min(max(b, 0), nb_ - 1)
-                h[b] += 1
+                h[min(max(b, 0), nb_ - 1)] += 1
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -297,16 +336,17 @@ def _transpose64(a: Any) -> None:
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _rows_from_planes(planes: Any, rows: Any, w0: int, w1: int, n_steps: int) -> None:
-    """``rows[g, t, c >> 6]`` bit ``c & 63`` := ``planes[g, c, t >> 6]`` bit ``t & 63`` for the
-    steps of words ``[w0, w1)``; bits of cells ``>= D`` are 0."""
-    g_n, d, _ = planes.shape
+def _rows_block(pl: Any, rows: Any, n: int) -> None:
+    """``rows[g, i, c >> 6]`` bit ``c & 63`` := ``pl[g, c, i >> 6]`` bit ``i & 63`` for the
+    ``n`` steps of a block (``pl`` ``(G, D, nw)``, ``rows`` ``(G, n, Dw)``); bits of cells
+    ``>= D`` are 0. 64x64 bit-matrix transposes of blocks in cache (about 0.1 operation per
+    bit instead of a second comparison of every value with every threshold)."""
+    g_n, d, nw = pl.shape
     dw = rows.shape[2]
-    n_w = w1 - w0
-    n_par = min(n_w, 256)
+    n_par = min(nw, 64)
     for p in nb.prange(n_par):
-        pa_ = w0 + n_w * p // n_par
-        pb = w0 + n_w * (p + 1) // n_par
+        pa_ = nw * p // n_par
+        pb = nw * (p + 1) // n_par
         a = np.empty(64, np.uint64)
         for g in range(g_n):
             for k in range(dw):
@@ -314,12 +354,12 @@ def _rows_from_planes(planes: Any, rows: Any, w0: int, w1: int, n_steps: int) ->
                 nc = min(64, d - c0)
                 for w in range(pa_, pb):
                     for j in range(nc):
-                        a[j] = planes[g, c0 + j, w]
+                        a[j] = pl[g, c0 + j, w]
                     for j in range(nc, 64):
                         a[j] = 0
                     _transpose64(a)
                     t0 = w << 6
-                    for i in range(min(64, n_steps - t0)):
+                    for i in range(min(64, n - t0)):
                         rows[g, t0 + i, k] = a[i]
 
 
@@ -1223,19 +1263,6 @@ class DatasetWriter:
         values = values_map.view(np.ndarray)  # a plain ndarray view: what numba accepts
         planes_path = lw.dir / "planes.bin"
         rows_path = lw.dir / "rows.bin"
-        planes_map: np.memmap[Any, np.dtype[np.uint64]] | None = None
-        rows_map: np.memmap[Any, np.dtype[np.uint64]] | None = None
-        if G:
-            planes_map = np.memmap(planes_path, dtype=np.uint64, mode="w+", shape=(G, D, W))
-            rows_map = np.memmap(rows_path, dtype=np.uint64, mode="w+", shape=(G, T, Dw))
-            planes = planes_map.view(np.ndarray)
-            rows = rows_map.view(np.ndarray)
-        else:
-            planes_path.touch()  # (0, D, W): an empty file
-            rows_path.touch()  # (0, T, Dw)
-            planes = np.zeros((0, D, 0), np.uint64)
-            rows = np.zeros((0, 0, Dw), np.uint64)
-
         lo = vmin if vmin is not None else 0.0
         hi = vmax if vmax is not None else 0.0
         scale = HIST_BINS / (hi - lo) if hi > lo else 0.0
@@ -1243,46 +1270,75 @@ class DatasetWriter:
         ons = np.zeros((max(G, 1), D), np.int64)
         counts = np.zeros((max(G, 1), D, K), np.int64)
         thetas = np.asarray(grid, np.float64)
+        th32 = np.asarray([bits.f32_threshold(t) for t in grid], np.float32)
         keys = np.asarray([bits.f16_key_threshold(t) for t in grid], np.int64)
         lut = _f16_lut()
         # a power of two between 64 steps and one interval chunk
         target = max(64, _BLOCK_VALUES // D)
         block = min(1 << INTERVAL_CHUNK_LOG2, 1 << (target.bit_length() - 1))
+        nwb = bits.n_words(min(block, T))
+        pl = np.zeros((G, D, nwb), np.uint64)  # the block's planes, then pwritten
+        rows_blk = np.zeros((G, min(block, T), Dw), np.uint64)
+        carry = np.zeros((G, D), np.uint64)
         tic = time.perf_counter()
-        t_rows = 0.0
-        for b0 in range(0, T, block):
-            b1 = min(T, b0 + block)
-            if G == 0:
-                # no planes: only the histogram
-                for c in range(D):
-                    col = values[c, b0:b1]
-                    colf = lut[col.view(np.uint16)] if vdt == np.float16 else col
-                    _hist_col(colf, lo, scale, hist[c])
-                continue
-            bm = self._boundary_words(b0, b1)
-            kchunk = b0 >> INTERVAL_CHUNK_LOG2
-            if vdt == np.float16:
-                _pass1_f16(
-                    values.view(np.uint16), b0, b1, kchunk, keys, lut, bm, planes, counts, ons,
-                    lo, scale, hist,
-                )  # fmt: skip
-            else:
-                _pass1_f32(values, b0, b1, kchunk, thetas, bm, planes, counts, ons, lo, scale, hist)
-            tr = time.perf_counter()
-            _rows_from_planes(planes, rows, b0 >> 6, bits.n_words(b1), T)
-            t_rows += time.perf_counter() - tr
-        t_planes = time.perf_counter() - tic - t_rows
+        t_rows = t_io = 0.0
+        fd_planes = os.open(planes_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd_rows = os.open(rows_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd_planes, G * D * W * 8)
+            os.ftruncate(fd_rows, G * T * Dw * 8)
+            for b0 in range(0, T, block):
+                b1 = min(T, b0 + block)
+                if G == 0:
+                    # no planes: only the histogram
+                    for c in range(D):
+                        col = values[c, b0:b1]
+                        colf = lut[col.view(np.uint16)] if vdt == np.float16 else col
+                        _hist_col(colf, lo, scale, hist[c])
+                    continue
+                bm = self._boundary_words(b0, b1)
+                ck = counts[:, :, b0 >> INTERVAL_CHUNK_LOG2]
+                cnt = np.zeros((G, D), np.int64)
+                nw = bits.n_words(b1 - b0)
+                if vdt == np.float16:
+                    _planes_block_f16(
+                        values.view(np.uint16), b0, b1, keys, lut, bm, carry, pl, cnt, ons,
+                        lo, scale, hist,
+                    )  # fmt: skip
+                else:
+                    _planes_block_f32(
+                        values, b0, b1, th32, bm, carry, pl, cnt, ons, lo, scale, hist
+                    )
+                ck += cnt
+                tr = time.perf_counter()
+                rb = rows_blk[:, : b1 - b0]
+                _rows_block(pl[:, :, :nw], rb, b1 - b0)
+                ti = time.perf_counter()
+                w0 = b0 >> 6
+                for g in range(G):
+                    for c in range(D):
+                        os.pwrite(fd_planes, pl[g, c, :nw].data, ((g * D + c) * W + w0) * 8)
+                    os.pwrite(fd_rows, np.ascontiguousarray(rb[g]).data, (g * T + b0) * Dw * 8)
+                t_rows += ti - tr
+                t_io += time.perf_counter() - ti
+        finally:
+            os.close(fd_planes)
+            os.close(fd_rows)
+        t_planes = time.perf_counter() - tic - t_rows - t_io
         self.timings["planes"] = self.timings.get("planes", 0.0) + t_planes
         self.timings["rows"] = self.timings.get("rows", 0.0) + t_rows
+        self.timings["planes_io"] = self.timings.get("planes_io", 0.0) + t_io
+        planes_map: np.memmap[Any, np.dtype[np.uint64]] | None = None
+        if G:
+            planes_map = np.memmap(planes_path, dtype=np.uint64, mode="r", shape=(G, D, W))
+            planes = planes_map.view(np.ndarray)
+        else:
+            planes = np.zeros((0, D, 0), np.uint64)
         del values, values_map
         tic = time.perf_counter()
         self._write_intervals(lw, planes, counts[:G])
         self.timings["intervals"] = self.timings.get("intervals", 0.0) + time.perf_counter() - tic
-        if planes_map is not None:
-            planes_map.flush()
-        if rows_map is not None:
-            rows_map.flush()
-        del planes, planes_map, rows, rows_map
+        del planes, planes_map
 
         # per-cell statistics
         cell_min = np.where(finite, lw.cmin, np.nan).astype(np.float64)
