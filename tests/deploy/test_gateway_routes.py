@@ -1,10 +1,12 @@
 """The gateway's route table sends every path of each service's OpenAPI document to that
-service (a drift check: a new route in ingest or match that the table misroutes fails here)."""
+service (a drift check: a new route in ingest or match that the table misroutes fails here),
+and the one job resource ``/v1/jobs/{id}`` to the service the job id's kind names."""
 
 from __future__ import annotations
 
 import pytest
-from hiddenscope_gateway.settings import GatewaySettings
+from hiddenscope_gateway.settings import GatewaySettings, Route
+from hiddenscope_service.jobs import job_kind, new_job_id
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -30,7 +32,9 @@ def test_every_api_path_goes_to_its_service(service: str, app_module: str) -> No
     assert paths
     wrong = []
     for method, path in paths:
-        route = settings.route_for(method, path.replace("{", "x").replace("}", "x"))
+        # a job id of this service's kind (the job resource is shared, routed by that kind)
+        concrete = path.replace("{job_id}", new_job_id(service))
+        route = settings.route_for(method, concrete.replace("{", "x").replace("}", "x"))
         if route is None or route.upstream != service:
             wrong.append(f"{method} {path} -> {route.upstream if route else None}")
     assert not wrong, f"misrouted {service} paths: {wrong}"
@@ -41,7 +45,25 @@ def test_prefix_routes_and_unknown_paths() -> None:
     assert s.route_for("POST", "/v1/datasets").upstream == "ingest"  # type: ignore[union-attr]
     assert s.route_for("DELETE", "/v1/datasets/abc").upstream == "ingest"  # type: ignore[union-attr]
     assert s.route_for("POST", "/v1/datasets/abc/matches").upstream == "match"  # type: ignore[union-attr]
-    assert s.route_for("GET", "/v1/match-jobs/j1").upstream == "match"  # type: ignore[union-attr]
     assert s.route_for("GET", "/v1/jobs/j1").upstream == "ingest"  # type: ignore[union-attr]
+    assert s.route_for("GET", "/v1/match-jobs/j1") is None  # the old path is gone
     assert s.route_for("POST", "/v1/datasets/abc") is None
     assert s.route_for("GET", "/v2/anything") is None
+
+
+@pytest.mark.parametrize("kind", ["ingest", "match"])
+def test_job_ids_route_by_kind(kind: str) -> None:
+    s = GatewaySettings()
+    for _ in range(200):  # the random part may hold '-' and '_'
+        job_id = new_job_id(kind)
+        assert job_kind(job_id) == kind
+        for method, path in [("GET", f"/v1/jobs/{job_id}"), ("DELETE", f"/v1/jobs/{job_id}"),
+                             ("POST", f"/v1/jobs/{job_id}/cancel")]:  # fmt: skip
+            assert s.route_for(method, path).upstream == kind, path  # type: ignore[union-attr]
+
+
+def test_glob_segments() -> None:
+    r = Route(path="/v1/jobs/match-*/**", upstream="match")
+    assert r.matches("POST", "/v1/jobs/match-abc/cancel")
+    assert not r.matches("POST", "/v1/jobs/match-abc")
+    assert not r.matches("POST", "/v1/jobs/ingest-match-abc/cancel")

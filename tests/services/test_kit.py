@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -9,16 +10,21 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from hiddenscope_core.errors import InvalidQuery
 from hiddenscope_service.celery_app import celery_config, make_celery, redis_eviction_advice
+from hiddenscope_service.job_resource import wait_seconds
 from hiddenscope_service.jobs import (
     IdempotencyConflict,
     JobNotFound,
     JobStateConflict,
     JobStore,
     body_hash,
+    job_kind,
+    new_job_id,
 )
 from hiddenscope_service.problems import ProblemError, install_problem_handlers
+from hiddenscope_service.settings import ServiceSettings, SettingsError, load_settings
 from hiddenscope_service.testing import RedisServer
 from pydantic import BaseModel
+from pydantic_settings import SettingsConfigDict
 
 
 @pytest.fixture
@@ -243,3 +249,67 @@ def test_fan_out_parts(store: JobStore) -> None:
     assert store.get(job.id).status == "cancelled"
     with pytest.raises(JobNotFound):
         store.begin_part("no-such-job", 0)
+
+
+def test_job_ids_name_their_kind(store: JobStore) -> None:
+    """``{kind}-{128 random bits}``: the gateway routes ``/v1/jobs/{id}`` by the kind."""
+    ids = {new_job_id("match") for _ in range(1000)}
+    assert len(ids) == 1000
+    for job_id in ids:
+        assert re.fullmatch(r"match-[A-Za-z0-9_-]{22}", job_id)
+        assert job_kind(job_id) == "match"
+    assert job_kind("q3AtWS70UuRAIcKaYOAVqg") is None
+    assert job_kind("Upper-case") is None
+    with pytest.raises(ValueError, match="lowercase"):
+        new_job_id("Match")
+    job, _ = store.create("match", {})
+    assert job_kind(job.id) == "match"
+    assert store.status(job.id) == "queued"
+    assert store.status("match-nope") is None
+    assert store.get_of_kind(job.id, "match").id == job.id
+    with pytest.raises(JobNotFound, match="no ingest job"):
+        store.get_of_kind(job.id, "ingest")
+    with pytest.raises(JobNotFound, match="belongs to the match service"):
+        store.get_of_kind("match-unknownAAAAAAAAAAAAAA", "ingest")
+    with pytest.raises(JobNotFound, match="unknown, or expired"):
+        store.get_of_kind("ingest-unknownAAAAAAAAAAAAA", "ingest")
+
+
+def test_wait_seconds() -> None:
+    assert wait_seconds(None, None, 60) == 0
+    assert wait_seconds(5, None, 60) == 5
+    assert wait_seconds(None, "respond-async, wait=30", 60) == 30
+    assert wait_seconds(10, "wait=3", 60) == 10
+    assert wait_seconds(1000, None, 60) == 60  # capped at the service's max_wait_seconds
+
+
+def test_wrong_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Demo(ServiceSettings):
+        model_config = SettingsConfigDict(env_prefix="HIDDENSCOPE_DEMO_", extra="ignore")
+        shard_steps: int = 1
+
+    assert load_settings(Demo).redis_url.startswith("redis://")
+    cases = {
+        "HIDDENSCOPE_DEMO_SHARD_STEPS": ("many", "valid integer"),
+        "HIDDENSCOPE_DEMO_REDIS_URL": ("127.0.0.1:6379", "Redis URL"),
+        "HIDDENSCOPE_DEMO_DATA_ROOT": ("  ", "empty"),
+        "HIDDENSCOPE_DEMO_MAX_ATTEMPTS": ("0", "greater than or equal to 1"),
+        "HIDDENSCOPE_DEMO_BROKER_URL": ("nowhere", "broker URL"),
+    }
+    for name, (value, why) in cases.items():
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(SettingsError) as err:
+                load_settings(Demo)
+            assert f"{name}: " in str(err.value)
+            assert why in str(err.value)
+            if "URL" in name:
+                assert value not in str(err.value)  # values are not echoed (passwords)
+    monkeypatch.setenv("HIDDENSCOPE_DEMO_BROKER_URL", "")  # empty: the broker is redis_url
+    assert load_settings(Demo).celery_broker_url == load_settings(Demo).redis_url
+    monkeypatch.setenv("HIDDENSCOPE_DEMO_TASK_TIME_LIMIT", "100")
+    monkeypatch.setenv("HIDDENSCOPE_DEMO_VISIBILITY_TIMEOUT", "100")
+    with pytest.raises(SettingsError) as err:
+        load_settings(Demo)
+    why = "HIDDENSCOPE_DEMO_TASK_TIME_LIMIT (100) must be below HIDDENSCOPE_DEMO_VISIBILITY"
+    assert why in str(err.value)

@@ -13,20 +13,28 @@ from pydantic import BaseModel
 
 
 def add_health_route(app: FastAPI, client: redis.Redis) -> None:
-    """``GET /healthz``: 200 when Redis answers a ping, else 503 ``degraded`` (the service
-    keeps running and recovers when Redis is back)."""
+    """``GET /healthz``: 200 ``{"status": "ok", "redis": true}`` when Redis answers a ping, else
+    503 ``{"status": "degraded", "redis": false, "detail": "cannot reach Redis at host:port
+    (…)"}``. The service keeps running and is healthy again as soon as Redis answers (redis-py
+    reconnects on the next command)."""
+
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
 
     @app.get("/healthz", summary="Liveness and Redis reachability", tags=["health"])
     async def healthz() -> JSONResponse:
-        def ping() -> bool:
+        def ping() -> str | None:
             try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
+                client.ping()
+            except redis.RedisError as exc:
+                return f"cannot reach Redis at {where} ({type(exc).__name__}: {exc})"
+            return None
 
-        ok = await run_in_threadpool(ping)
+        problem = await run_in_threadpool(ping)
+        if problem is None:
+            return JSONResponse({"status": "ok", "redis": True})
         return JSONResponse(
-            {"status": "ok" if ok else "degraded", "redis": ok}, status_code=200 if ok else 503
+            {"status": "degraded", "redis": False, "detail": problem}, status_code=503
         )
 
 

@@ -24,7 +24,8 @@ part's result is stored under the job (``{prefix}:job:{id}:parts``, overwritten 
 progress is parts done / total, each part has its own attempt cap, and whichever task records the
 last part merges and finishes the job with a compare-and-set.
 
-Job ids come from :func:`secrets.token_urlsafe` (128 bits): unguessable.
+Job ids are ``{kind}-{128 random bits}`` (:func:`new_job_id`): unguessable, and the kind prefix
+tells the gateway which service serves ``/v1/jobs/{id}`` without a lookup (:func:`job_kind`).
 
 Keys (``prefix`` defaults to ``hiddenscope``): ``{prefix}:job:{id}`` (a hash) and
 ``{prefix}:idem:{key}`` (``"{job_id} {body_hash}"``). Finished jobs and idempotency keys expire
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,8 +142,22 @@ def body_hash(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def new_job_id() -> str:
-    return secrets.token_urlsafe(16)
+_KIND = re.compile(r"^[a-z]{1,32}$")
+
+
+def new_job_id(kind: str) -> str:
+    """A new job id ``{kind}-{token}``: ``token`` is :func:`secrets.token_urlsafe` of 16 bytes
+    (128 bits, ``[A-Za-z0-9_-]``). ``kind`` (lowercase letters) is the service that owns the
+    job (``ingest``, ``match``); the gateway routes ``/v1/jobs/{kind}-*`` by it."""
+    if not _KIND.match(kind):
+        raise ValueError(f"a job kind is 1-32 lowercase letters, not {kind!r}")
+    return f"{kind}-{secrets.token_urlsafe(16)}"
+
+
+def job_kind(job_id: str) -> str | None:
+    """The kind named by a job id made by :func:`new_job_id` (``None`` if it names none)."""
+    kind, sep, token = job_id.partition("-")
+    return kind if sep and token and _KIND.match(kind) else None
 
 
 # All times come from the Redis server (TIME) so that every process agrees on one clock.
@@ -403,7 +419,7 @@ class JobStore:
         when ``request_hash`` matches, and raises :class:`IdempotencyConflict` otherwise.
         Raises :class:`JobNotFound` if the original job has expired meanwhile.
         """
-        job_id = job_id or new_job_id()
+        job_id = job_id or new_job_id(kind)
         idem_key = self._idem_key(idempotency_key) if idempotency_key else ""
         idem_value = f"{job_id} {request_hash or ''}"
         fields: list[str] = [
@@ -453,6 +469,28 @@ class JobStore:
             payload=json.loads(raw.get("payload") or "{}"),
         )
 
+    def status(self, job_id: str) -> str | None:
+        """The job's status alone (one ``HGET``; ``None`` if unknown): what a wait polls."""
+        value = self.client.hget(self._job_key(job_id), "status") if job_id else None
+        return None if value is None else str(value)
+
+    def get_of_kind(self, job_id: str, kind: str) -> Job:
+        """The job if it is of ``kind``; raises :class:`JobNotFound` (saying which service serves
+        the id when it is unknown here and names another kind)."""
+        try:
+            job = self.get(job_id)
+        except JobNotFound:
+            other = job_kind(job_id)
+            if other is None or other == kind:
+                raise
+            raise JobNotFound(
+                f"job {job_id!r} belongs to the {other} service, not the {kind} service (one "
+                "base URL for both: the gateway routes /v1/jobs/{id} by the kind before the '-')"
+            ) from None
+        if job.kind != kind:
+            raise JobNotFound(f"no {kind} job {job_id!r}")
+        return job
+
     def now(self) -> float:
         """The Redis server's clock (seconds), the one every lease is measured with."""
         sec, usec = self.client.time()
@@ -471,15 +509,15 @@ class JobStore:
                 values = self.client.hmget(name, fields)
             except redis.ResponseError:
                 continue  # not a hash
-            job_id, job_kind, status, lease, updated, attempts, payload = values
+            job_id, kind_of_job, status, lease, updated, attempts, payload = values
             if not job_id or status not in ("queued", "running"):
                 continue
-            if kind is not None and job_kind != kind:
+            if kind is not None and kind_of_job != kind:
                 continue
             out.append(
                 UnfinishedJob(
                     id=str(job_id),
-                    kind=str(job_kind),
+                    kind=str(kind_of_job),
                     status=str(status),
                     lease_until=float(lease or 0),
                     updated_at=float(updated or 0),

@@ -2,19 +2,24 @@
 
 The route table is the one place that says which service owns which path. Rules are tried in
 order; the first whose method and path pattern match names the upstream. The paths follow the
-services' own route modules: ingest owns the catalog (``/v1/datasets``, ``/v1/datasets/{id}``)
-and its jobs (``/v1/jobs/...``); match owns everything below a dataset
-(``/v1/datasets/{id}/{info,layers/..,tokens,tracks/..,select,search,matches}``) and its jobs
-(``/v1/match-jobs/...``).
+services' own route modules: ingest owns the catalog (``/v1/datasets``, ``/v1/datasets/{id}``);
+match owns everything below a dataset
+(``/v1/datasets/{id}/{info,layers/..,tokens,tracks/..,select,search,matches}``). Both kinds of
+job share one resource, ``/v1/jobs/{id}[/cancel]``: a job id starts with its kind
+(``match-…``, ``ingest-…``; :func:`hiddenscope_service.jobs.new_job_id`), so ``match-*`` ids go
+to the match service and every other id to the ingest service — no lookup, no shared state.
 
-Path patterns are ``/``-separated segments: a literal, ``{name}`` (exactly one segment) or a
-trailing ``**`` (one or more further segments).
+Path patterns are ``/``-separated segments: a literal, ``{name}`` (exactly one segment), a glob
+segment with ``*`` (``match-*``: one segment of that shape) or a trailing ``**`` (one or more
+further segments).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 
+from hiddenscope_service.settings import load_settings
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,7 +30,8 @@ class Route(BaseModel):
     """One rule of the route table."""
 
     path: str = Field(
-        description="pattern: literal segments, {name} (one segment), trailing ** (one or more)"
+        description="pattern: literal segments, {name} (one segment), globs like match-* (one "
+        "segment of that shape), trailing ** (one or more)"
     )
     upstream: str = Field(description="the service: ingest | match")
     methods: list[str] = Field(default_factory=lambda: list(HTTP_METHODS))
@@ -43,10 +49,15 @@ class Route(BaseModel):
             have = have[: len(want)]
         if len(want) != len(have):
             return False
-        return all(
-            w == h or (w.startswith("{") and w.endswith("}"))
-            for w, h in zip(want, have, strict=True)
-        )
+        return all(_segment_matches(w, h) for w, h in zip(want, have, strict=True))
+
+
+def _segment_matches(pattern: str, segment: str) -> bool:
+    if pattern.startswith("{") and pattern.endswith("}"):
+        return True
+    if "*" in pattern:
+        return fnmatch.fnmatchcase(segment, pattern)
+    return pattern == segment
 
 
 DEFAULT_ROUTES: list[Route] = [
@@ -55,8 +66,10 @@ DEFAULT_ROUTES: list[Route] = [
         path="/v1/datasets/{id}", methods=["GET", "HEAD", "DELETE", "OPTIONS"], upstream="ingest"
     ),
     Route(path="/v1/datasets/{id}/**", upstream="match"),
+    # one job resource for both services: the kind before the id's first '-' routes it
+    Route(path="/v1/jobs/match-*", upstream="match"),
+    Route(path="/v1/jobs/match-*/**", upstream="match"),
     Route(path="/v1/jobs/**", upstream="ingest"),
-    Route(path="/v1/match-jobs/**", upstream="match"),
     # each service's OpenAPI document, docs and health under its name
     Route(path="/ingest/**", upstream="ingest", strip_prefix="/ingest"),
     Route(path="/match/**", upstream="match", strip_prefix="/match"),
@@ -95,4 +108,5 @@ class GatewaySettings(BaseSettings):
 
 @functools.cache
 def get_settings() -> GatewaySettings:
-    return GatewaySettings()
+    """The process's settings; a wrong variable stops the gateway at start, named."""
+    return load_settings(GatewaySettings)

@@ -3,27 +3,29 @@ everything else is in :mod:`hiddenscope_ingest.service`."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.models import DatasetManifest
-from hiddenscope_service.jobs import Job, Progress, new_job_id
+from hiddenscope_service.job_resource import (
+    JobResourceBase,
+    job_path,
+    wait_seconds,
+    wait_until_terminal,
+)
+from hiddenscope_service.jobs import Job, new_job_id
 from hiddenscope_service.problems import ProblemError, problem_responses
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hiddenscope_ingest.errors import TooLarge, UnsupportedFormat
 from hiddenscope_ingest.manifest import IngestManifest, parse_manifest
-from hiddenscope_ingest.service import IngestService
+from hiddenscope_ingest.service import JOB_KIND, IngestService
 from hiddenscope_ingest.upload import receive_multipart
 
 router = APIRouter(prefix="/v1")
 
 MAX_JSON_BODY = 1 << 20
-MAX_WAIT_SECONDS = 60.0
 
 
 def get_service(request: Request) -> IngestService:
@@ -51,47 +53,20 @@ class PathIngestRequest(BaseModel):
     path: str = Field(description="server-side directory holding the files the manifest names")
 
 
-class JobResource(BaseModel):
-    """An async job (the status monitor of RFC 9110 §15.3.3)."""
+class JobResource(JobResourceBase):
+    """An ingest job at ``/v1/jobs/{id}`` (the job resource both services share; ids
+    ``ingest-…``); ``progress`` counts converted chunks, ``attempts`` worker claims."""
 
-    id: str
-    kind: str
-    status: str = Field(description="queued | running | succeeded | failed | cancelled")
-    progress: Progress
-    attempts: int
-    cancel_requested: bool
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
     result: dict[str, Any] | None = Field(
         default=None, description="on success: {dataset: {id, name, ..., location}}"
     )
-    error: dict[str, Any] | None = Field(default=None, description="on failure: a problem")
-    links: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, job: Job) -> JobResource:
-        links = {"self": f"/v1/jobs/{job.id}"}
+        base = cls.common(job)
         if job.result and isinstance(job.result.get("dataset"), dict):
-            links["dataset"] = str(job.result["dataset"].get("location", ""))
-        if not job.terminal:
-            links["cancel"] = f"/v1/jobs/{job.id}/cancel"
-        return cls(
-            id=job.id,
-            kind=job.kind,
-            status=job.status,
-            progress=job.progress,
-            attempts=job.attempts,
-            cancel_requested=job.cancel_requested,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            result=job.result,
-            error=job.error,
-            links=links,
-        )
+            base["links"]["dataset"] = str(job.result["dataset"].get("location", ""))
+        return cls(**base, result=job.result)
 
 
 class DatasetList(BaseModel):
@@ -100,7 +75,7 @@ class DatasetList(BaseModel):
 
 def _accepted(response: Response, job: Job) -> JobResource:
     response.status_code = 202
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Location"] = job_path(job.id)
     response.headers["Retry-After"] = "1"
     return JobResource.of(job)
 
@@ -145,7 +120,7 @@ async def create_dataset(
 ) -> JobResource:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        job_id = new_job_id()
+        job_id = new_job_id(JOB_KIND)
         dest = service.upload_dir(job_id)
         received = await receive_multipart(request, dest, service.settings)
         try:
@@ -191,7 +166,7 @@ async def create_dataset(
         await run_in_threadpool(service.validate, req.manifest, root, None)
         created_job, _created = await run_in_threadpool(
             lambda: service.submit(
-                req.manifest, root, owned=False, job_id=new_job_id(),
+                req.manifest, root, owned=False, job_id=new_job_id(JOB_KIND),
                 idempotency_key=idempotency_key, request_hash=digest,
             )
         )  # fmt: skip
@@ -233,25 +208,35 @@ def delete_dataset(name_or_id: str, service: Service) -> Response:
     return Response(status_code=204)
 
 
+JobId = Annotated[str, Path(max_length=200, description="an ingest job id (ingest-…)")]
+
+
 @router.get(
     "/jobs/{job_id}",
     response_model=JobResource,
     summary="A job's status, progress, timings and result or error",
-    responses=problem_responses(404),
+    description="The job resource both services share: the gateway sends ids `match-…` to the "
+    "match service and every other id here.",
+    responses=problem_responses(404, 422),
 )
 async def get_job(
-    job_id: str,
+    job_id: JobId,
     response: Response,
     service: Service,
     wait: Annotated[
-        float,
-        Query(ge=0, le=MAX_WAIT_SECONDS, description="wait up to this many seconds for the end"),
-    ] = 0,
+        float | None,
+        Query(
+            ge=0,
+            description="wait up to this many seconds for the end (also `Prefer: wait=N`; at "
+            "most MAX_WAIT_SECONDS)",
+        ),
+    ] = None,
+    prefer: Annotated[str | None, Header(alias="Prefer", max_length=200)] = None,
 ) -> JobResource:
-    deadline = time.monotonic() + wait
     job = await run_in_threadpool(service.job, job_id)
-    while not job.terminal and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    seconds = wait_seconds(wait, prefer, service.settings.max_wait_seconds)
+    if seconds > 0 and not job.terminal:
+        await wait_until_terminal(lambda: service.store.status(job_id), seconds)
         job = await run_in_threadpool(service.job, job_id)
     if not job.terminal:
         response.headers["Retry-After"] = "1"
@@ -265,9 +250,9 @@ async def get_job(
     summary="Cancel a job (a queued job at once, a running one at its next chunk)",
     responses=problem_responses(404, 409),
 )
-def cancel_job(job_id: str, response: Response, service: Service) -> JobResource:
+def cancel_job(job_id: JobId, response: Response, service: Service) -> JobResource:
     job = service.cancel(job_id)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Location"] = job_path(job.id)
     return JobResource.of(job)
 
 
@@ -278,5 +263,5 @@ def cancel_job(job_id: str, response: Response, service: Service) -> JobResource
     summary="Same as POST /v1/jobs/{job_id}/cancel",
     responses=problem_responses(404, 409),
 )
-def delete_job(job_id: str, response: Response, service: Service) -> JobResource:
+def delete_job(job_id: JobId, response: Response, service: Service) -> JobResource:
     return cancel_job(job_id, response, service)

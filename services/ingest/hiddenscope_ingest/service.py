@@ -243,12 +243,7 @@ class IngestService:
     # -- jobs and catalog ----------------------------------------------------------------------
 
     def job(self, job_id: str) -> Job:
-        job = self.store.get(job_id)
-        if job.kind != JOB_KIND:
-            from hiddenscope_service.jobs import JobNotFound
-
-            raise JobNotFound(f"no job {job_id!r}")
-        return job
+        return self.store.get_of_kind(job_id, JOB_KIND)
 
     def cancel(self, job_id: str) -> Job:
         self.job(job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from hiddenscope_service.settings import ServiceSettings
+from hiddenscope_service.settings import ServiceSettings, load_settings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -96,5 +96,6 @@ class IngestSettings(ServiceSettings):
 
 @functools.cache
 def get_settings() -> IngestSettings:
-    """The process's settings (read from the environment on first use)."""
-    return IngestSettings()
+    """The process's settings (read from the environment on first use; raises
+    :class:`~hiddenscope_service.settings.SettingsError` naming a wrong variable)."""
+    return load_settings(IngestSettings)

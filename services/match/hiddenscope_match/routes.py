@@ -1,19 +1,17 @@
 """HTTP routes of the match service (``/v1``). HTTP only: parsing, status codes, headers,
 content negotiation; everything else is in :mod:`hiddenscope_match.service`.
 
-Paths (chosen not to collide with the ingest service behind one gateway, which owns
-``/v1/datasets``, ``/v1/datasets/{name_or_id}`` and ``/v1/jobs/...``): dataset sub-resources
+Paths (beside the ingest service behind one gateway, which owns ``/v1/datasets`` and
+``/v1/datasets/{name_or_id}``): dataset sub-resources
 ``/v1/datasets/{name_or_id}/{info,layers/..,tokens,vocab,tracks/..,select,search,matches}`` and
-match
-jobs under ``/v1/match-jobs/{id}``.
+match jobs at the job resource both services share, ``/v1/jobs/{id}`` (ids ``match-…``; the
+gateway routes them here by that prefix; :mod:`hiddenscope_service.job_resource`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -22,6 +20,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.errors import InvalidQuery
 from hiddenscope_core.models import SelectQuery, SelectResult
+from hiddenscope_service.job_resource import job_path, wait_seconds, wait_until_terminal
 from hiddenscope_service.problems import problem_responses
 
 from hiddenscope_match.schemas import (
@@ -37,11 +36,9 @@ from hiddenscope_match.schemas import (
     TrackWindow,
     VocabPage,
 )
-from hiddenscope_match.service import MatchService, finite_list, jobs_path
+from hiddenscope_match.service import MatchService, finite_list
 
 router = APIRouter(prefix="/v1")
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def get_service(request: Request) -> MatchService:
@@ -324,26 +321,6 @@ def get_search(
     return service.search(name_or_id, q, ids, limit, from_step, within_sequence)
 
 
-def _wait_seconds(wait: float | None, prefer: str | None, cap: float) -> float:
-    seconds = wait or 0.0
-    if prefer:
-        m = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", prefer)
-        if m:
-            seconds = max(seconds, float(m.group(1)))
-    return min(seconds, cap)
-
-
-async def _wait_terminal(service: MatchService, job_id: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    delay = 0.002
-    while time.monotonic() < deadline:
-        status = await run_in_threadpool(service.job_status, job_id)
-        if status is None or status in TERMINAL:
-            return
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.05)
-
-
 WaitQ = Annotated[
     float | None,
     Query(ge=0, description="wait up to this many seconds for the end (also `Prefer: wait=N`)"),
@@ -369,13 +346,13 @@ async def post_match(
     page_size: PageSize = None,
 ) -> MatchJobResource:
     job, _created = await run_in_threadpool(service.submit_match, name_or_id, body, idempotency_key)
-    seconds = _wait_seconds(wait, prefer, service.settings.max_wait_seconds)
+    seconds = wait_seconds(wait, prefer, service.settings.max_wait_seconds)
     if seconds > 0:
-        await _wait_terminal(service, job.id, seconds)
+        await wait_until_terminal(lambda: service.store.status(job.id), seconds)
         job = await run_in_threadpool(service.job, job.id)
         if prefer and "wait" in prefer:
             response.headers["Preference-Applied"] = f"wait={seconds:g}"
-    response.headers["Location"] = jobs_path(job.id)
+    response.headers["Location"] = job_path(job.id)
     if job.terminal:
         response.status_code = 200
     else:
@@ -386,14 +363,19 @@ async def post_match(
     )
 
 
+JobId = Annotated[str, Path(max_length=200, description="a match job id (match-…)")]
+
+
 @router.get(
-    "/match-jobs/{job_id}",
+    "/jobs/{job_id}",
     response_model=MatchJobResource,
     summary="A match job's status, progress (shards), timings, and a page of its result",
+    description="The job resource both services share: the gateway sends ids `match-…` here. "
+    "Paging (`page_size`, `page_token`) and context (`context_*`) apply to a succeeded job.",
     responses=problem_responses(404, 422),
 )
 async def get_match_job(
-    job_id: Annotated[str, Path(max_length=200)],
+    job_id: JobId,
     response: Response,
     service: Service,
     wait: WaitQ = None,
@@ -407,9 +389,9 @@ async def get_match_job(
     context_tokens: ContextTokens = None,
 ) -> MatchJobResource:
     job = await run_in_threadpool(service.job, job_id)
-    seconds = _wait_seconds(wait, prefer, service.settings.max_wait_seconds)
+    seconds = wait_seconds(wait, prefer, service.settings.max_wait_seconds)
     if seconds > 0 and not job.terminal:
-        await _wait_terminal(service, job_id, seconds)
+        await wait_until_terminal(lambda: service.store.status(job_id), seconds)
         job = await run_in_threadpool(service.job, job_id)
     if not job.terminal:
         response.headers["Retry-After"] = "1"
@@ -424,15 +406,24 @@ async def get_match_job(
 
 
 @router.post(
-    "/match-jobs/{job_id}/cancel",
+    "/jobs/{job_id}/cancel",
     status_code=202,
     response_model=MatchJobResource,
     summary="Cancel a match job (queued: at once; running: before its next shard starts)",
     responses=problem_responses(404, 409),
 )
-def cancel_match_job(
-    job_id: Annotated[str, Path(max_length=200)], response: Response, service: Service
-) -> MatchJobResource:
+def cancel_match_job(job_id: JobId, response: Response, service: Service) -> MatchJobResource:
     job = service.cancel(job_id)
-    response.headers["Location"] = jobs_path(job.id)
+    response.headers["Location"] = job_path(job.id)
     return service.render_job(job, page_size=None, page_token=None, context=None)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=202,
+    response_model=MatchJobResource,
+    summary="Same as POST /v1/jobs/{job_id}/cancel",
+    responses=problem_responses(404, 409),
+)
+def delete_match_job(job_id: JobId, response: Response, service: Service) -> MatchJobResource:
+    return cancel_match_job(job_id, response, service)

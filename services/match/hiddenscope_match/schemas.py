@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
 
 from hiddenscope_core.models import (
     MAX_TOP_K,
@@ -19,7 +18,7 @@ from hiddenscope_core.models import (
     SequenceInfo,
     TrackInfo,
 )
-from hiddenscope_service.jobs import Progress
+from hiddenscope_service.job_resource import JobResourceBase
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -209,27 +208,10 @@ class MatchJobResult(BaseModel):
     next_page_token: str | None = Field(default=None, description="absent on the last page")
 
 
-class Timings(BaseModel):
-    queued_seconds: float | None = Field(default=None, description="created → first shard")
-    running_seconds: float | None = Field(default=None, description="first shard → finished")
-    total_seconds: float | None = Field(default=None, description="created → finished")
+class MatchJobResource(JobResourceBase):
+    """A match job at ``/v1/jobs/{id}`` (the shared job resource; ``progress`` counts shards,
+    ``attempts`` shard deliveries). ``result`` holds one page of hits once it succeeded;
+    ``links.next`` is the next page."""
 
-
-class MatchJobResource(BaseModel):
-    """A match job (status monitor). ``result`` holds one page of hits once it succeeded."""
-
-    id: str
-    kind: str
-    status: str = Field(description="queued | running | succeeded | failed | cancelled")
-    progress: Progress = Field(description="shards done / total")
-    attempts: int = Field(description="shard deliveries so far (a re-delivered shard counts again)")
-    cancel_requested: bool
     dataset_id: str
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    timings: Timings
     result: MatchJobResult | None = None
-    error: dict[str, Any] | None = Field(default=None, description="on failure: a problem")
-    links: dict[str, str] = Field(default_factory=dict)

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from hiddenscope_core.models import (
 )
 from hiddenscope_core.reader import Dataset
 from hiddenscope_core.select import on_matrix, select_cells
+from hiddenscope_service.job_resource import job_path
 from hiddenscope_service.jobs import Job, JobStore, body_hash
 from hiddenscope_service.problems import ProblemError, problem_from_exception
 
@@ -53,7 +53,6 @@ from hiddenscope_match.schemas import (
     MatchJobResult,
     MatchRequest,
     SearchResult,
-    Timings,
     TokensWindow,
     TrackWindow,
     VocabPage,
@@ -91,10 +90,6 @@ def _index_error_key(dataset_id: str) -> str:
 
 def cache_dir_of(settings: MatchSettings) -> Path:
     return settings.cache_dir or settings.data_root / "cache"
-
-
-def jobs_path(job_id: str) -> str:
-    return f"/v1/match-jobs/{job_id}"
 
 
 # ------------------------------------------------------------------------------ JSON helpers
@@ -552,16 +547,7 @@ class MatchService:
             raise InvalidQuery(f"context left/right are at most {cap} steps")
 
     def job(self, job_id: str) -> Job:
-        job = self.store.get(job_id)
-        if job.kind != JOB_KIND:
-            from hiddenscope_service.jobs import JobNotFound
-
-            raise JobNotFound(f"no match job {job_id!r}")
-        return job
-
-    def job_status(self, job_id: str) -> str | None:
-        value = self.store.client.hget(f"{JOB_PREFIX}:job:{job_id}", "status")
-        return None if value is None else str(value)
+        return self.store.get_of_kind(job_id, JOB_KIND)
 
     def cancel(self, job_id: str) -> Job:
         self.job(job_id)
@@ -578,27 +564,11 @@ class MatchService:
         result = None
         if job.status == "succeeded" and job.result is not None:
             result = self._result_page(job, page_size, page_token, context)
-        links = {"self": jobs_path(job.id)}
-        if not job.terminal:
-            links["cancel"] = jobs_path(job.id) + "/cancel"
+        base = MatchJobResource.common(job)
         if result is not None and result.next_page_token:
-            links["next"] = f"{jobs_path(job.id)}?page_token={result.next_page_token}"
+            base["links"]["next"] = f"{job_path(job.id)}?page_token={result.next_page_token}"
         return MatchJobResource(
-            id=job.id,
-            kind=job.kind,
-            status=job.status,
-            progress=job.progress,
-            attempts=job.attempts,
-            cancel_requested=job.cancel_requested,
-            dataset_id=str(job.payload.get("dataset_id", "")),
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            timings=_timings(job.created_at, job.started_at, job.finished_at),
-            result=result,
-            error=job.error,
-            links=links,
+            **base, dataset_id=str(job.payload.get("dataset_id", "")), result=result
         )
 
     def _result_page(
@@ -683,17 +653,6 @@ def _cell_list(ds: Dataset, layer: str, cells: list[int] | None) -> list[int]:
             f"cells {bad[:10]} are outside layer {layer!r} (cells 0..{info.n_cells - 1})"
         )
     return sel
-
-
-def _timings(created: datetime, started: datetime | None, finished: datetime | None) -> Timings:
-    t = Timings()
-    if started is not None:
-        t.queued_seconds = max(0.0, (started - created).total_seconds())
-    if finished is not None:
-        t.total_seconds = max(0.0, (finished - created).total_seconds())
-        if started is not None:
-            t.running_seconds = max(0.0, (finished - started).total_seconds())
-    return t
 
 
 # ------------------------------------------------------------------------------ worker side

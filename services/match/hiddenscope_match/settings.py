@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from hiddenscope_service.settings import ServiceSettings
+from hiddenscope_service.settings import ServiceSettings, load_settings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -35,9 +35,6 @@ class MatchSettings(ServiceSettings):
         default=1000, ge=0, description="longest left or right context of a match hit"
     )
     max_page_size: int = Field(default=1000, ge=1, description="most hits per result page")
-    max_wait_seconds: float = Field(
-        default=60.0, ge=0, description="longest synchronous wait (?wait= or Prefer: wait=)"
-    )
     max_search_results: int = Field(default=10_000, ge=1, description="largest search limit")
     max_phrase_tokens: int = Field(default=64, ge=1, description="longest search phrase")
     max_sequences_page: int = Field(default=10_000, ge=1, description="sequences per info page")
@@ -62,5 +59,6 @@ class MatchSettings(ServiceSettings):
 
 @functools.cache
 def get_settings() -> MatchSettings:
-    """The process's settings (read from the environment on first use)."""
-    return MatchSettings()
+    """The process's settings (read from the environment on first use; raises
+    :class:`~hiddenscope_service.settings.SettingsError` naming a wrong variable)."""
+    return load_settings(MatchSettings)

@@ -18,7 +18,8 @@ For every service of the compose file the runner:
 A service whose code is not in this checkout yet (an ``-A``/factory module that cannot be
 imported, or a missing ``.py`` script) is skipped with a warning, and its dependents start
 without it. Without a ``redis-server`` binary the ``redis`` service falls back to an embedded
-fakeredis server (:mod:`hiddenscope_stack.embedded_redis`) when the ``fakeredis`` package is
+fakeredis server (:mod:`hiddenscope_stack.embedded_redis`: in memory, not durable; the workers
+of both services run against it) when the project's ``stack`` extra (``fakeredis[lua]``) is
 installed, else the runner stops with a message saying how to install Redis.
 """
 
@@ -277,13 +278,20 @@ class Stack:
         )
 
     def _embedded_redis(self, argv: list[str]) -> list[str]:
-        if importlib.util.find_spec("fakeredis") is None:
+        if (
+            importlib.util.find_spec("fakeredis") is None
+            or importlib.util.find_spec("lupa") is None
+        ):
             raise StackError(
-                "redis-server is not installed and the embedded fallback needs the 'fakeredis' "
-                "package: install Redis (`apt-get install redis-server`; `make setup` does it)"
+                "redis-server is not installed and the embedded fallback needs the project's "
+                "'stack' extra (fakeredis[lua]: `uv sync --all-extras`): install Redis "
+                "(`apt-get install redis-server`; `make setup` does it)"
             )
         port = argv[argv.index("--port") + 1] if "--port" in argv else "6379"
-        self.log("redis-server not found: using the embedded fakeredis server (not durable)")
+        self.log(
+            "redis-server not found: using the embedded fakeredis server (in memory: queued "
+            "jobs and job records are lost when it stops)"
+        )
         return [sys.executable, "-m", "hiddenscope_stack.embedded_redis", "--port", port]
 
     # ------------------------------------------------------------------ running

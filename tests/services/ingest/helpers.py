@@ -110,7 +110,7 @@ def ingest_ok(
 ) -> dict[str, Any]:
     r = post_upload(client, manifest, files)
     assert r.status_code == 202, r.text
-    assert r.headers["location"].startswith("/v1/jobs/")
+    assert r.headers["location"].startswith("/v1/jobs/ingest-")
     job = wait_job(client, r.headers["location"])
     assert job["status"] == "succeeded", job
     return job

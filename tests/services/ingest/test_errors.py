@@ -277,6 +277,8 @@ def test_unknown_jobs_and_datasets_are_404(client: httpx.Client) -> None:
         assert r.headers["content-type"] == "application/problem+json"
     r = client.post("/v1/jobs/nope/cancel")
     assert r.status_code == 404
-    r = client.get("/v1/jobs/x", params={"wait": 1000})
+    r = client.get("/v1/jobs/x", params={"wait": -1})
     check_problem(r.json(), 422, "wait")
+    r = client.get("/v1/jobs/match-AAAAAAAAAAAAAAAAAAAAAA")
+    check_problem(r.json(), 404, "match service")
     json.dumps(r.json())

@@ -99,9 +99,11 @@ CASES: list[tuple[str, str, dict[str, object] | None, dict[str, object] | None, 
         404,
     ),
     ("POST", "/v1/datasets/text/matches", None, {"layer": "cell", "cells": [0], "bogus": 1}, 422),
-    ("GET", "/v1/match-jobs/unknown-job", None, None, 404),
-    ("POST", "/v1/match-jobs/unknown-job/cancel", None, None, 404),
-    ("GET", "/v1/match-jobs/x", {"page_token": "!!!"}, None, 404),
+    ("GET", "/v1/jobs/match-unknown", None, None, 404),
+    ("POST", "/v1/jobs/match-unknown/cancel", None, None, 404),
+    ("DELETE", "/v1/jobs/match-unknown", None, None, 404),
+    ("GET", "/v1/jobs/x", {"page_token": "!!!"}, None, 404),
+    ("GET", "/v1/jobs/match-x", {"wait": -1}, None, 422),
 ]
 
 
@@ -152,3 +154,9 @@ def test_bad_page_token(client: httpx.Client) -> None:
         r2 = client.get(r.headers["location"], params={"page_token": token})
         assert r2.status_code == 422, r2.text
         assert r2.headers["content-type"].startswith(PROBLEM)
+
+
+def test_an_ingest_job_id_is_a_404_naming_the_ingest_service(client: httpx.Client) -> None:
+    r = client.get("/v1/jobs/ingest-AAAAAAAAAAAAAAAAAAAAAA")
+    assert r.status_code == 404
+    assert "ingest service" in r.json()["detail"]

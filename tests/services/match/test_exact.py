@@ -4,6 +4,7 @@ processes, merged from Redis) equals the brute-force reference of SPEC §2
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -136,15 +137,24 @@ def _run_all(stack: MatchStack, seed: int) -> int:
     return checked
 
 
+_SHARD_DONE = re.compile(r"Task match\.run_shard\[[0-9a-f-]+\] succeeded")
+
+
 def test_exact_one_worker(match_stack: MatchStack) -> None:
     assert len(match_stack.workers) == 1
     assert _run_all(match_stack, seed=1) > 30
 
 
 def test_exact_two_workers(match_stack: MatchStack) -> None:
+    """Two worker processes on one queue (``match``, one Redis, one data directory) share the
+    shard tasks of the same jobs, and every answer is still exact (docs/scale-out.md)."""
     if len(match_stack.workers) < 2:
         match_stack.add_worker()
+    before = [len(w.log(tail=1 << 30)) for w in match_stack.workers]
     assert _run_all(match_stack, seed=2) > 30
+    for worker, offset in zip(match_stack.workers, before, strict=True):
+        ran = _SHARD_DONE.findall(worker.log(tail=1 << 30)[offset:])
+        assert ran, f"{worker.extra['node']} ran no shard task:\n{match_stack.logs()}"
 
 
 @pytest.mark.parametrize("api", list(SHARD_SIZES))
@@ -156,7 +166,8 @@ def test_wait_answers_200_with_the_result(match_stack: MatchStack, api: str) -> 
         assert r.status_code == 200, r.text
         job = r.json()
         assert job["status"] == "succeeded"
-        assert r.headers["location"] == f"/v1/match-jobs/{job['id']}"
+        assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+        assert job["id"].startswith("match-")
         n_shards = -(-spec.n_steps // SHARD_SIZES[api])
         assert job["progress"] == {"done": n_shards, "total": n_shards}
         _cells, ref = _expected(spec, {**body, "left_off": 1, "right_off": 0, "min_length": 2})

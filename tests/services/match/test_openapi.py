@@ -31,8 +31,8 @@ def test_openapi_documents_the_contract() -> None:
         "/v1/datasets/{name_or_id}/select",
         "/v1/datasets/{name_or_id}/search",
         "/v1/datasets/{name_or_id}/matches",
-        "/v1/match-jobs/{job_id}",
-        "/v1/match-jobs/{job_id}/cancel",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
         "/healthz",
     }
     post = paths["/v1/datasets/{name_or_id}/matches"]["post"]
@@ -41,9 +41,29 @@ def test_openapi_documents_the_contract() -> None:
     assert {"Problem", "MatchRequest", "MatchJobResource"} <= set(doc["components"]["schemas"])
 
 
+JOB_RESOURCE = {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"}
+
+
 def test_paths_do_not_collide_with_ingest() -> None:
-    """One gateway routes both services: no (path, method) may be served by both."""
+    """One gateway routes both services by path: no (path, method) may be served by both, but
+    for ``/healthz`` and the job resource both share (routed by the job id's kind prefix)."""
     ours = json.loads(render())["paths"]
     theirs = json.loads(INGEST.read_text())["paths"]
     for path in set(ours) & set(theirs):
-        assert path == "/healthz" or not set(ours[path]) & set(theirs[path]), path
+        assert path in {"/healthz", *JOB_RESOURCE} or not set(ours[path]) & set(theirs[path]), path
+
+
+def test_one_job_resource_with_the_same_verbs_and_fields() -> None:
+    """SPEC §4: ``/v1/jobs/{id}`` looks the same whichever service answers it."""
+    ours, theirs = json.loads(render()), json.loads(INGEST.read_text())
+    for path in JOB_RESOURCE:
+        assert set(ours["paths"][path]) == set(theirs["paths"][path]), path
+    get_ours = {p["name"] for p in ours["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"]}
+    get_theirs = {p["name"] for p in theirs["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"]}
+    assert {"job_id", "wait", "Prefer"} <= get_ours & get_theirs
+    match_job = ours["components"]["schemas"]["MatchJobResource"]["properties"]
+    ingest_job = theirs["components"]["schemas"]["JobResource"]["properties"]
+    common = {"id", "kind", "status", "progress", "attempts", "cancel_requested", "timings",
+              "created_at", "updated_at", "started_at", "finished_at", "result", "error",
+              "links"}  # fmt: skip
+    assert common <= set(match_job) & set(ingest_job)
