@@ -33,18 +33,20 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numba as nb
@@ -55,7 +57,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from hiddenscope_core import bits
-from hiddenscope_core.errors import Conflict, InvalidData
+from hiddenscope_core.errors import Conflict, InvalidData, NotFound
 from hiddenscope_core.models import (
     NAME_PATTERN,
     DatasetManifest,
@@ -97,6 +99,7 @@ _BLOCK_VALUES = 1 << 22  # values (steps x cells) per index-build block (planes 
 _INTERVAL_BATCH = 1 << 23  # on-interval rows per batch handed to the Parquet thread
 _INTERVAL_PART_ROWS = 1 << 26  # rows per interval part file (a new file at a batch boundary)
 _NAME_RE = NAME_PATTERN
+_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 # ----------------------------------------------------------------------------- numba kernels
@@ -503,33 +506,46 @@ class LayerWriter:
     rows to a background thread writing the Parquet parts.
     """
 
-    def __init__(self, owner: DatasetWriter, info: LayerInfo, explicit_grid: bool) -> None:
+    def __init__(
+        self,
+        owner: DatasetWriter,
+        info: LayerInfo,
+        explicit_grid: bool,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
         self._owner = owner
         self.info = info
         self.explicit_grid = explicit_grid
         self.n_steps = owner.n_steps
+        # the rows this writer receives: all T, or one shard [start, stop) of a sharded build
+        self.start = start
+        self.stop = owner.n_steps if stop is None else stop
+        self._part_steps = owner.part_steps
         self.dir = owner.staging / "layers" / info.name
-        (self.dir / "states").mkdir(parents=True)
+        (self.dir / "states").mkdir(parents=True, exist_ok=True)
         d = info.n_cells
         self._raw_dtype = np.dtype(info.dtype)
         self._val_dtype = values_dtype(info.dtype, info.transform)
         row_bytes = d * self._raw_dtype.itemsize
         rows = max(ROW_GROUP_STEPS, _BUFFER_BYTES // row_bytes // ROW_GROUP_STEPS * ROW_GROUP_STEPS)
-        # a power of two that divides PART_STEPS, so no flush straddles a part file
-        self._buf_rows = min(PART_STEPS, 1 << (rows.bit_length() - 1))
+        # a power of two that divides the part size, so no flush straddles a part file
+        self._buf_rows = min(self._part_steps, 1 << (rows.bit_length() - 1))
         self._bufs = [np.empty((self._buf_rows, d), self._raw_dtype) for _ in range(2)]
         self._pending: list[Future[None] | None] = [None, None]
         self._cur = 0
         self._fill = 0
         self.rows_written = 0  # rows flushed or buffered
-        self._flushed = 0
+        self._flushed = start  # the step of the first row not yet flushed
         self._tbuf = np.empty((d, self._buf_rows), self._val_dtype)
         self.cmin = np.full(d, np.inf, np.float32)
         self.cmax = np.full(d, -np.inf, np.float32)
         self.csum = np.zeros(d, np.float64)
         self.cnan = np.zeros(d, np.int64)
         self._values_fd = os.open(self.dir / "values.bin", os.O_RDWR | os.O_CREAT, 0o644)
-        os.ftruncate(self._values_fd, d * self.n_steps * self._val_dtype.itemsize)
+        size = d * self.n_steps * self._val_dtype.itemsize
+        if os.fstat(self._values_fd).st_size != size:  # shards of a sharded build share it
+            os.ftruncate(self._values_fd, size)
         self._row_bytes = row_bytes
         self._binary_type = pa.binary(row_bytes)
         self._schema = pa.schema(
@@ -571,10 +587,14 @@ class LayerWriter:
                 f"layer {name!r}: values must be float16/float32/float64, got dtype {arr.dtype}"
             )
         n = arr.shape[0]
-        if self.rows_written + n > self.n_steps:
+        if self.rows_written + n > self.stop - self.start:
             raise InvalidData(
-                f"layer {name!r}: {self.rows_written + n} rows written but the dataset declares "
-                f"n_steps={self.n_steps}; write exactly T rows in total"
+                f"layer {name!r}: {self.rows_written + n} rows written but "
+                + (
+                    f"the dataset declares n_steps={self.n_steps}; write exactly T rows in total"
+                    if self.start == 0 and self.stop == self.n_steps
+                    else f"the shard has {self.stop - self.start} steps"
+                )
             )
         pos = 0
         while pos < n:
@@ -637,7 +657,7 @@ class LayerWriter:
         self._flushed += n
 
     def _write_parquet(self, raw: npt.NDArray[Any], t0: int) -> None:
-        part = t0 // PART_STEPS
+        part = t0 // self._part_steps
         if part != self._part_index:
             if self._part is not None:
                 self._part.close()
@@ -660,10 +680,15 @@ class LayerWriter:
         """Flush the last rows and close the files (called by ``publish``)."""
         if self.closed:
             return
-        if self.rows_written != self.n_steps:
+        if self.rows_written != self.stop - self.start:
             raise InvalidData(
                 f"layer {self.info.name!r} has {self.rows_written} rows but the dataset declares "
                 f"n_steps={self.n_steps}"
+                + (
+                    ""
+                    if self.stop - self.start == self.n_steps
+                    else f" (shard [{self.start}, {self.stop}))"
+                )
             )
         self._flush()
         for fut in self._pending:
@@ -813,6 +838,85 @@ class TrackWriter:
 # ----------------------------------------------------------------------------- the dataset
 
 
+class _LayerStats(Protocol):
+    """What the index build needs of a layer: its info, directory and value statistics."""
+
+    info: LayerInfo
+    dir: Path
+    explicit_grid: bool
+    cmin: npt.NDArray[np.float32]
+    cmax: npt.NDArray[np.float32]
+    csum: npt.NDArray[np.float64]
+    cnan: npt.NDArray[np.int64]
+
+
+class _ShardedLayer:
+    """A layer of a sharded build: its rows come from ``write_layer_shard`` in any process;
+    each shard leaves its statistics (phase 1) and index parts (phase 2) in
+    ``build/<layer>/<kind>-<shard>.npz``, merged here."""
+
+    def __init__(self, owner: DatasetWriter, info: LayerInfo, explicit_grid: bool) -> None:
+        self.info = info
+        self.explicit_grid = explicit_grid
+        self.dir = owner.staging / "layers" / info.name
+        self._parts = owner.staging / "build" / info.name
+        d = info.n_cells
+        self.cmin = np.full(d, np.inf, np.float32)
+        self.cmax = np.full(d, -np.inf, np.float32)
+        self.csum = np.zeros(d, np.float64)
+        self.cnan = np.zeros(d, np.int64)
+
+    def save_part(self, kind: str, shard: int, **arrays: npt.NDArray[Any]) -> None:
+        self._parts.mkdir(parents=True, exist_ok=True)
+        tmp = self._parts / f".{kind}-{shard}.{secrets.token_hex(4)}.npz"
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, self._parts / f"{kind}-{shard}.npz")
+
+    def _load(self, kind: str, n_shards: int) -> list[dict[str, npt.NDArray[Any]]] | None:
+        out = []
+        for i in range(n_shards):
+            try:
+                with np.load(self._parts / f"{kind}-{i}.npz", allow_pickle=False) as z:
+                    out.append({k: z[k] for k in z.files})
+            except FileNotFoundError:
+                return None
+        return out
+
+    def merge_stats(self, n_shards: int) -> None:
+        """Fold the statistics of every shard (all of phase 1 must be done)."""
+        parts = self._load("stats", n_shards)
+        if parts is None:
+            missing = [i for i in range(n_shards) if not (self._parts / f"stats-{i}.npz").exists()]
+            raise InvalidData(
+                f"layer {self.info.name!r}: shards {missing} have not been written "
+                "(write_layer_shard)"
+            )
+        self.cmin = np.min([p["cmin"] for p in parts], axis=0).astype(np.float32)
+        self.cmax = np.max([p["cmax"] for p in parts], axis=0).astype(np.float32)
+        self.csum = np.sum([p["csum"] for p in parts], axis=0).astype(np.float64)
+        self.cnan = np.sum([p["cnan"] for p in parts], axis=0).astype(np.int64)
+
+    def merged_index(
+        self, n_shards: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """The summed index parts of phase 2, or None unless every shard has one (then the
+        publishing process builds the planes itself)."""
+        parts = self._load("index", n_shards)
+        if parts is None:
+            return None
+        return (
+            np.sum([p["hist"] for p in parts], axis=0),
+            np.sum([p["counts"] for p in parts], axis=0),
+            np.sum([p["ons"] for p in parts], axis=0),
+        )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 class DatasetWriter:
     """Builds one dataset in ``<data_root>/staging/<id>`` and publishes it atomically.
 
@@ -836,7 +940,10 @@ class DatasetWriter:
         self.description = description
         self.provenance = provenance
         self.staging = data_root / "staging" / dataset_id
+        self.part_steps = PART_STEPS
+        self.shard_steps = max(1, n_steps)  # one shard unless ``save_build`` says otherwise
         self._layers: dict[str, LayerWriter] = {}
+        self._sharded: dict[str, _ShardedLayer] = {}
         self._tracks: dict[str, TrackWriter] = {}
         self._starts = np.zeros(1, np.int64)
         self._seq_names: list[str] = ["seq0"]
@@ -985,8 +1092,22 @@ class DatasetWriter:
             Conflict: a layer of that name was already added.
         """
         self._check_open()
+        info = self._layer_info(name, n_cells, dtype, transform, thresholds, kind)
+        lw = LayerWriter(self, info, explicit_grid=thresholds is not None)
+        self._layers[name] = lw
+        return lw
+
+    def _layer_info(
+        self,
+        name: str,
+        n_cells: int,
+        dtype: StorageDType,
+        transform: Transform,
+        thresholds: Sequence[float] | None,
+        kind: str | None,
+    ) -> LayerInfo:
         _check_name(name, "layer")
-        if name in self._layers:
+        if name in self._layers or name in self._sharded:
             raise Conflict(f"layer {name!r} was already added")
         if dtype not in ("float32", "float16"):
             raise InvalidData(
@@ -1006,9 +1127,131 @@ class DatasetWriter:
             )
         except ValidationError as e:
             raise InvalidData(f"layer {name!r}: {e.errors()[0]['msg']}") from e
-        lw = LayerWriter(self, info, explicit_grid=thresholds is not None)
-        self._layers[name] = lw
-        return lw
+        return info
+
+    # -- a sharded build: layers written by several processes, one step range each
+
+    def declare_layer(
+        self,
+        name: str,
+        n_cells: int,
+        dtype: StorageDType = "float32",
+        transform: Transform = "none",
+        thresholds: Sequence[float] | None = None,
+        kind: str | None = None,
+    ) -> LayerInfo:
+        """Declare a layer whose rows other processes write, shard by shard
+        (``write_layer_shard``), instead of through a ``LayerWriter``. Same checks as
+        ``add_layer``; call ``save_build`` after the last declaration."""
+        self._check_open()
+        info = self._layer_info(name, n_cells, dtype, transform, thresholds, kind)
+        self._sharded[name] = _ShardedLayer(self, info, thresholds is not None)
+        return info
+
+    def save_build(self, shard_steps: int) -> list[tuple[int, int]]:
+        """Record the sharded build in the staging directory (``build/``) so that other
+        processes can ``resume`` it, and return the shards' step ranges. ``shard_steps`` is
+        rounded up to a multiple of the part size (a shard writes whole Parquet parts).
+
+        Raises:
+            InvalidData: ``shard_steps < 1`` or no layer was declared.
+        """
+        self._check_open()
+        if shard_steps < 1:
+            raise InvalidData(f"shard_steps must be >= 1, got {shard_steps}")
+        if not self._sharded:
+            raise InvalidData("declare the layers (declare_layer) before save_build")
+        ps = self.part_steps
+        self.shard_steps = -(-shard_steps // ps) * ps
+        build = self.staging / "build"
+        build.mkdir(exist_ok=True)
+        np.save(build / "sequence_starts.npy", self._starts, allow_pickle=False)
+        doc = {
+            "name": self.name,
+            "n_steps": self.n_steps,
+            "description": self.description,
+            "provenance": self.provenance,
+            "part_steps": ps,
+            "shard_steps": self.shard_steps,
+            "sequence_names": self._seq_names,
+            "layers": [
+                {"info": sl.info.model_dump(mode="json"), "explicit_grid": sl.explicit_grid}
+                for sl in self._sharded.values()
+            ],
+        }
+        _write_atomic(build / "build.json", json.dumps(doc).encode())
+        for sl in self._sharded.values():
+            sl.dir.mkdir(parents=True, exist_ok=True)
+        return self.shard_ranges()
+
+    @classmethod
+    def resume(cls, data_root: str | os.PathLike[str], dataset_id: str) -> DatasetWriter:
+        """The writer of a sharded build saved by ``save_build`` (in any process).
+
+        Raises:
+            NotFound: no such build in ``staging`` (finished, aborted or never started).
+        """
+        root = Path(data_root)
+        if not _ID_RE.fullmatch(dataset_id):
+            raise NotFound(f"no dataset build {dataset_id!r}")
+        build = root / "staging" / dataset_id / "build"
+        try:
+            doc = json.loads((build / "build.json").read_text())
+            starts = np.load(build / "sequence_starts.npy", allow_pickle=False)
+        except FileNotFoundError:
+            raise NotFound(f"no dataset build {dataset_id!r} in {root / 'staging'}") from None
+        w = cls(root, dataset_id, doc["name"], int(doc["n_steps"]), doc["description"],
+                doc["provenance"])  # fmt: skip
+        w.part_steps = int(doc["part_steps"])
+        w.shard_steps = int(doc["shard_steps"])
+        w._starts = starts.astype(np.int64)
+        w._seq_names = list(doc["sequence_names"])
+        for entry in doc["layers"]:
+            info = LayerInfo.model_validate(entry["info"])
+            w._sharded[info.name] = _ShardedLayer(w, info, bool(entry["explicit_grid"]))
+        return w
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """The step ranges ``[start, stop)`` of the shards (after ``save_build``)."""
+        T, n = self.n_steps, self.shard_steps
+        return [(a, min(T, a + n)) for a in range(0, T, n)]
+
+    def _shard(self, layer: str, shard: int) -> tuple[_ShardedLayer, int, int]:
+        sl = self._sharded.get(layer)
+        if sl is None:
+            raise NotFound(f"layer {layer!r} is not a declared layer of this build")
+        ranges = self.shard_ranges()
+        if not 0 <= shard < len(ranges):
+            raise InvalidData(f"shard {shard} is not in [0, {len(ranges)})")
+        a, b = ranges[shard]
+        return sl, a, b
+
+    def write_layer_shard(self, layer: str, shard: int, chunks: Iterable[npt.ArrayLike]) -> None:
+        """Phase 1 of a sharded build: write the rows of shard ``shard`` of ``layer`` (chunks
+        of rows in step order, exactly the shard's steps) - its Parquet parts, its part of
+        ``values.bin`` and its statistics. Idempotent: a re-run overwrites the same files."""
+        self._check_open()
+        sl, a, b = self._shard(layer, shard)
+        lw = LayerWriter(self, sl.info, sl.explicit_grid, a, b)
+        try:
+            for chunk in chunks:
+                lw.write(chunk)
+            lw.finish()
+        except BaseException:
+            lw.close_quietly()
+            raise
+        sl.save_part("stats", shard, cmin=lw.cmin, cmax=lw.cmax, csum=lw.csum, cnan=lw.cnan)
+
+    def index_layer_shard(self, layer: str, shard: int) -> None:
+        """Phase 2 of a sharded build (after phase 1 of every shard): the on-planes and row
+        planes of the shard's steps, and its part of the histogram and run counts.
+        Idempotent."""
+        self._check_open()
+        sl, a, b = self._shard(layer, shard)
+        sl.merge_stats(len(self.shard_ranges()))
+        grid = self._layer_grid(sl)
+        hist, counts, ons = self._planes_range(sl, grid, a, b)
+        sl.save_part("index", shard, hist=hist, counts=counts, ons=ons)
 
     def add_track(
         self,
@@ -1068,9 +1311,12 @@ class DatasetWriter:
             raise
 
     def _publish(self) -> DatasetManifest:
-        if not self._layers:
+        if not self._layers and not self._sharded:
             raise InvalidData("a dataset needs at least one layer (add_layer)")
         tic = time.perf_counter()
+        n_shards = len(self.shard_ranges()) if self._sharded else 0
+        for sl in self._sharded.values():
+            sl.merge_stats(n_shards)
         for lw in self._layers.values():
             lw.finish()
         for tw in self._tracks.values():
@@ -1104,13 +1350,14 @@ class DatasetWriter:
             )
         layers = self._build_index()
         sizes: dict[str, int] = {}
-        for lw in self._layers.values():
-            n = lw.info.name
-            sizes[f"layers/{n}/states"] = _dir_size(lw.dir / "states")
-            sizes[f"layers/{n}/values.bin"] = _dir_size(lw.dir / "values.bin")
-            sizes[f"layers/{n}/planes.bin"] = _dir_size(lw.dir / "planes.bin")
-            sizes[f"layers/{n}/rows.bin"] = _dir_size(lw.dir / "rows.bin")
-            sizes[f"layers/{n}/intervals"] = _dir_size(lw.dir / "intervals")
+        shutil.rmtree(self.staging / "build", ignore_errors=True)
+        for n in [*self._layers, *self._sharded]:
+            ldir = self.staging / "layers" / n
+            sizes[f"layers/{n}/states"] = _dir_size(ldir / "states")
+            sizes[f"layers/{n}/values.bin"] = _dir_size(ldir / "values.bin")
+            sizes[f"layers/{n}/planes.bin"] = _dir_size(ldir / "planes.bin")
+            sizes[f"layers/{n}/rows.bin"] = _dir_size(ldir / "rows.bin")
+            sizes[f"layers/{n}/intervals"] = _dir_size(ldir / "intervals")
         for part in ("index.duckdb", "sequences.parquet", "tokens.parquet", "vocab.parquet"):
             if (self.staging / part).exists():
                 sizes[part] = _dir_size(self.staging / part)
@@ -1126,7 +1373,7 @@ class DatasetWriter:
             has_tokens=has_tokens,
             layers=layers,
             tracks=[tw.info for tw in self._tracks.values()],
-            part_steps=PART_STEPS,
+            part_steps=self.part_steps,
             created_at=datetime.now(UTC),
             sizes=sizes,
             provenance=self.provenance,
@@ -1177,12 +1424,13 @@ class DatasetWriter:
     def _build_index(self) -> list[LayerInfo]:
         """Planes, rows, interval Parquet files and statistics of every layer; then
         ``index.duckdb`` with the native tables and the ``on_intervals`` view."""
-        if len(self._layers) > 255:
+        if len(self._layers) + len(self._sharded) > 255:
             raise InvalidData("at most 255 layers per dataset")
         infos: list[LayerInfo] = []
         stats_tables: list[pa.Table] = []
         frac_tables: list[pa.Table] = []
-        for lw in self._layers.values():
+        layers: list[_LayerStats] = [*self._layers.values(), *self._sharded.values()]
+        for lw in layers:
             info, st_tab, fr_tab = self._index_layer(lw)
             infos.append(info)
             stats_tables.append(st_tab)
@@ -1241,63 +1489,89 @@ class DatasetWriter:
         self.timings["duckdb"] = time.perf_counter() - tic
         return infos
 
-    def _index_layer(self, lw: LayerWriter) -> tuple[LayerInfo, pa.Table, pa.Table | None]:
+    @staticmethod
+    def _value_range(lw: _LayerStats) -> tuple[float | None, float | None]:
+        finite = lw.cmin <= lw.cmax
+        if not finite.any():
+            return None, None
+        return float(lw.cmin[finite].min()), float(lw.cmax[finite].max())
+
+    def _layer_grid(self, lw: _LayerStats) -> list[float]:
+        """The layer's threshold grid: the explicit one, or the default for its value range."""
+        if lw.explicit_grid:
+            return list(lw.info.thresholds)
+        vmin, vmax = self._value_range(lw)
+        return default_grid(vmin, vmax) if vmin is not None and vmax is not None else []
+
+    def _hist_scale(self, lw: _LayerStats) -> tuple[float, float]:
+        vmin, vmax = self._value_range(lw)
+        lo = vmin if vmin is not None else 0.0
+        hi = vmax if vmax is not None else 0.0
+        return lo, (HIST_BINS / (hi - lo) if hi > lo else 0.0)
+
+    def _planes_range(
+        self, lw: _LayerStats, grid: list[float], start: int, stop: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Build ``planes.bin`` and ``rows.bin`` for steps ``[start, stop)`` (``start % 64 ==
+        0``) from ``values.bin``, block by block in memory, written with ``pwrite`` (so
+        disjoint ranges can be built by different processes). Returns this range's value
+        histogram ``(D, HIST_BINS)``, run-start counts per interval chunk ``(G, D, K)`` (a
+        run that starts at ``start`` counts only if step ``start - 1`` is off or in another
+        sequence) and on-step counts ``(G, D)``."""
         info = lw.info
         T, D = self.n_steps, info.n_cells
-        finite = lw.cmin <= lw.cmax
-        n_valid = T - lw.cnan  # non-NaN values per cell (inf was rejected)
-        vmin = float(lw.cmin[finite].min()) if finite.any() else None
-        vmax = float(lw.cmax[finite].max()) if finite.any() else None
-        nan_count = int(lw.cnan.sum())
-        vmean = float(lw.csum.sum() / n_valid.sum()) if n_valid.sum() else None
-        if lw.explicit_grid:
-            grid = list(info.thresholds)
-        else:
-            grid = default_grid(vmin, vmax) if vmin is not None and vmax is not None else []
         G = len(grid)
         W = bits.n_words(T)
         Dw = bits.n_words(D)
         K = ((T - 1) >> INTERVAL_CHUNK_LOG2) + 1
         vdt = values_dtype(info.dtype, info.transform)
-        values_map = np.memmap(lw.dir / "values.bin", dtype=vdt, mode="r", shape=(D, T))
-        values = values_map.view(np.ndarray)  # a plain ndarray view: what numba accepts
-        planes_path = lw.dir / "planes.bin"
-        rows_path = lw.dir / "rows.bin"
-        lo = vmin if vmin is not None else 0.0
-        hi = vmax if vmax is not None else 0.0
-        scale = HIST_BINS / (hi - lo) if hi > lo else 0.0
+        lo, scale = self._hist_scale(lw)
         hist = np.zeros((D, HIST_BINS), np.int64)
         ons = np.zeros((max(G, 1), D), np.int64)
         counts = np.zeros((max(G, 1), D, K), np.int64)
-        thetas = np.asarray(grid, np.float64)
+        values_map = np.memmap(lw.dir / "values.bin", dtype=vdt, mode="r", shape=(D, T))
+        values = values_map.view(np.ndarray)  # a plain ndarray view: what numba accepts
         th32 = np.asarray([bits.f32_threshold(t) for t in grid], np.float32)
         keys = np.asarray([bits.f16_key_threshold(t) for t in grid], np.int64)
         lut = _f16_lut()
         # a power of two between 64 steps and one interval chunk
         target = max(64, _BLOCK_VALUES // D)
         block = min(1 << INTERVAL_CHUNK_LOG2, 1 << (target.bit_length() - 1))
-        nwb = bits.n_words(min(block, T))
-        pl = np.zeros((G, D, nwb), np.uint64)  # the block's planes, then pwritten
-        rows_blk = np.zeros((G, min(block, T), Dw), np.uint64)
+        n_blk = min(block, stop - start)
+        pl = np.zeros((G, D, bits.n_words(n_blk)), np.uint64)  # the block's planes
+        rows_blk = np.zeros((G, n_blk, Dw), np.uint64)
+        # carry[g, c]: whether step start-1 is on (a run going on across the range start)
         carry = np.zeros((G, D), np.uint64)
+        if G and start > 0 and not np.isin(start, self._starts):
+            prev = np.array(values[:, start - 1])
+            if vdt == np.float16:
+                u = prev.view(np.uint16).astype(np.int64)
+                k = np.where(u & 0x8000, (~u) & 0xFFFF, u | 0x8000)
+                k[(u & 0x7FFF) > 0x7C00] = 0  # NaN is off
+                carry[:] = (k[None, :] >= keys[:, None]).astype(np.uint64)
+            else:
+                carry[:] = (prev[None, :] >= th32[:, None]).astype(np.uint64)
         tic = time.perf_counter()
         t_rows = t_io = 0.0
-        fd_planes = os.open(planes_path, os.O_RDWR | os.O_CREAT, 0o644)
-        fd_rows = os.open(rows_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd_planes = os.open(lw.dir / "planes.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        fd_rows = os.open(lw.dir / "rows.bin", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.ftruncate(fd_planes, G * D * W * 8)
-            os.ftruncate(fd_rows, G * T * Dw * 8)
-            for b0 in range(0, T, block):
-                b1 = min(T, b0 + block)
+            for fd, size in ((fd_planes, G * D * W * 8), (fd_rows, G * T * Dw * 8)):
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, size)
+            b0 = start
+            while b0 < stop:
+                # a block never straddles an interval chunk (its starts are counted per chunk)
+                b1 = min(stop, b0 + block, ((b0 >> INTERVAL_CHUNK_LOG2) + 1) << INTERVAL_CHUNK_LOG2)
                 if G == 0:
                     # no planes: only the histogram
                     for c in range(D):
                         col = values[c, b0:b1]
                         colf = lut[col.view(np.uint16)] if vdt == np.float16 else col
                         _hist_col(colf, lo, scale, hist[c])
+                    b0 = b1
                     continue
                 bm = self._boundary_words(b0, b1)
-                ck = counts[:, :, b0 >> INTERVAL_CHUNK_LOG2]
                 cnt = np.zeros((G, D), np.int64)
                 nw = bits.n_words(b1 - b0)
                 if vdt == np.float16:
@@ -1309,7 +1583,7 @@ class DatasetWriter:
                     _planes_block_f32(
                         values, b0, b1, th32, bm, carry, pl, cnt, ons, lo, scale, hist
                     )
-                ck += cnt
+                counts[:, :, b0 >> INTERVAL_CHUNK_LOG2] += cnt
                 tr = time.perf_counter()
                 rb = rows_blk[:, : b1 - b0]
                 _rows_block(pl[:, :, :nw], rb, b1 - b0)
@@ -1321,24 +1595,46 @@ class DatasetWriter:
                     os.pwrite(fd_rows, np.ascontiguousarray(rb[g]).data, (g * T + b0) * Dw * 8)
                 t_rows += ti - tr
                 t_io += time.perf_counter() - ti
+                b0 = b1
         finally:
             os.close(fd_planes)
             os.close(fd_rows)
+            del values, values_map
         t_planes = time.perf_counter() - tic - t_rows - t_io
         self.timings["planes"] = self.timings.get("planes", 0.0) + t_planes
         self.timings["rows"] = self.timings.get("rows", 0.0) + t_rows
         self.timings["planes_io"] = self.timings.get("planes_io", 0.0) + t_io
-        planes_map: np.memmap[Any, np.dtype[np.uint64]] | None = None
-        if G:
-            planes_map = np.memmap(planes_path, dtype=np.uint64, mode="r", shape=(G, D, W))
-            planes = planes_map.view(np.ndarray)
+        return hist, counts, ons
+
+    def _index_layer(self, lw: _LayerStats) -> tuple[LayerInfo, pa.Table, pa.Table | None]:
+        info = lw.info
+        T, D = self.n_steps, info.n_cells
+        finite = lw.cmin <= lw.cmax
+        n_valid = T - lw.cnan  # non-NaN values per cell (inf was rejected)
+        vmin, vmax = self._value_range(lw)
+        nan_count = int(lw.cnan.sum())
+        vmean = float(lw.csum.sum() / n_valid.sum()) if n_valid.sum() else None
+        grid = self._layer_grid(lw)
+        G = len(grid)
+        W = bits.n_words(T)
+        lo, scale = self._hist_scale(lw)
+        merged = (
+            lw.merged_index(len(self.shard_ranges())) if isinstance(lw, _ShardedLayer) else None
+        )
+        if merged is None:
+            hist, counts, ons = self._planes_range(lw, grid, 0, T)
         else:
-            planes = np.zeros((0, D, 0), np.uint64)
-        del values, values_map
+            hist, counts, ons = merged
         tic = time.perf_counter()
-        self._write_intervals(lw, planes, counts[:G])
+        if G:
+            planes_map = np.memmap(
+                lw.dir / "planes.bin", dtype=np.uint64, mode="r", shape=(G, D, W)
+            )
+            self._write_intervals(lw, planes_map.view(np.ndarray), counts[:G])
+            del planes_map
+        else:
+            self._write_intervals(lw, np.zeros((0, D, 0), np.uint64), counts[:0])
         self.timings["intervals"] = self.timings.get("intervals", 0.0) + time.perf_counter() - tic
-        del planes, planes_map
 
         # per-cell statistics
         cell_min = np.where(finite, lw.cmin, np.nan).astype(np.float64)
@@ -1361,7 +1657,7 @@ class DatasetWriter:
             frac = pa.table(
                 {
                     "layer": pa.array([info.name] * (G * D), pa.string()),
-                    "threshold": np.repeat(thetas, D),
+                    "threshold": np.repeat(np.asarray(grid, np.float64), D),
                     "cell": np.tile(np.arange(D, dtype=np.int32), G),
                     "fraction": (ons[:G] / T).reshape(-1),
                 }
@@ -1390,7 +1686,7 @@ class DatasetWriter:
         return bm
 
     def _write_intervals(
-        self, lw: LayerWriter, planes: npt.NDArray[np.uint64], counts: npt.NDArray[np.int64]
+        self, lw: _LayerStats, planes: npt.NDArray[np.uint64], counts: npt.NDArray[np.int64]
     ) -> None:
         """Extract the on-intervals of all (threshold, cell, chunk) units in batches of about
         ``_INTERVAL_BATCH`` rows, in (threshold, cell, start) order, and hand each batch to the
