@@ -5,8 +5,8 @@ Usage: uv run --frozen --all-extras python -m bench.ingest_bench_service --steps
 Runs, each on a fresh stack (redis-server, uvicorn, ``celery worker --concurrency N``):
 
 * ``npy`` and ``hdf5`` (chunked, uncompressed) states named on the server (JSON ``{manifest,
-  path}`` request; no upload copy), with 1 worker process (one job) and with 2 worker
-  processes (two jobs submitted at once; the figure is aggregate steps over wall time);
+  path}`` request; no upload copy), one job, with 1 worker process and with 2 (the job's
+  layer shards are shared by both: ``hiddenscope_ingest.shards``);
 * ``npy-upload``: the same ``.npy`` sent as a multipart upload (1 worker), which adds the
   streamed upload (reported separately as upload MB/s up to the 202).
 
@@ -15,8 +15,9 @@ of the API process and of the worker processes (main + pool children) is sampled
 every 0.2 s. The states are LSTM-like (as in ``bench.ingest_bench``), written once per format.
 Each published dataset is deleted after its run (a dataset of 1e7 x 64 float32 is ~7 GB).
 
-1e8 steps would need 25.6 GB per input file plus ~70 GB per published dataset: it does not fit
-on this machine's disk next to the other benchmarks' data, so T = 1e7 is the default.
+At 1e8 steps × 64 an input file is 25.6 GB and a published float32 dataset ~70 GB (float16
+storage, ``--dtype float16``: ~45 GB); ``--formats npy`` runs one input only, so that T = 1e8
+fits a disk with ~75 GB free.
 """
 
 from __future__ import annotations
@@ -47,21 +48,24 @@ from bench.ingest_bench import lstm_like
 BLOCK = 1 << 20
 
 
-def write_inputs(root: Path, T: int, D: int) -> tuple[Path, Path]:
+def write_inputs(root: Path, T: int, D: int, hdf5: bool, npy_: bool) -> tuple[Path, Path]:
+    """The same LSTM-like states as ``states.npy`` and/or ``states.h5`` (``/states``)."""
     block = lstm_like(BLOCK, D)
     npy = root / "states.npy"
-    arr = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(T, D))
-    for lo in range(0, T, BLOCK):
-        hi = min(T, lo + BLOCK)
-        arr[lo:hi] = block[: hi - lo]
-    arr.flush()
-    del arr
-    h5 = root / "states.h5"
-    with h5py.File(h5, "w") as f:
-        d = f.create_dataset("states", shape=(T, D), dtype=np.float32, chunks=(16384, D))
+    if npy_:
+        arr = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(T, D))
         for lo in range(0, T, BLOCK):
             hi = min(T, lo + BLOCK)
-            d[lo:hi] = block[: hi - lo]
+            arr[lo:hi] = block[: hi - lo]
+        arr.flush()
+        del arr
+    h5 = root / "states.h5"
+    if hdf5:
+        with h5py.File(h5, "w") as f:
+            d = f.create_dataset("states", shape=(T, D), dtype=np.float32, chunks=(16384, D))
+            for lo in range(0, T, BLOCK):
+                hi = min(T, lo + BLOCK)
+                d[lo:hi] = block[: hi - lo]
     return npy, h5
 
 
@@ -116,11 +120,12 @@ def wait_done(client: httpx.Client, location: str) -> dict[str, Any]:
             return body
 
 
-def manifest(name: str, file: str, key: str | None) -> dict[str, Any]:
+def manifest(name: str, file: str, key: str | None, dtype: str) -> dict[str, Any]:
     src: dict[str, Any] = {"file": file}
     if key:
         src["key"] = key
-    return {"name": name, "layers": [{"name": "cell", "source": src, "transform": "tanh"}]}
+    layer = {"name": "cell", "source": src, "transform": "tanh", "dtype": dtype}
+    return {"name": name, "layers": [layer]}
 
 
 def run(
@@ -133,6 +138,8 @@ def run(
     jobs: int,
     upload: bool,
     T: int,
+    dtype: str,
+    shard_steps: int,
 ) -> dict[str, Any]:
     work = base / f"run-{label}-{workers}"
     shutil.rmtree(work, ignore_errors=True)
@@ -143,6 +150,7 @@ def run(
         "HIDDENSCOPE_INGEST_DATA_ROOT": str(work / "data"),
         "HIDDENSCOPE_INGEST_ALLOWED_ROOTS": json.dumps([str(inputs)]),
         "HIDDENSCOPE_INGEST_MAX_UPLOAD_BYTES": str(64 * 2**30),
+        "HIDDENSCOPE_INGEST_SHARD_STEPS": str(shard_steps),
         "PYTHONUNBUFFERED": "1",
     }
     worker = start_celery_worker(
@@ -161,7 +169,7 @@ def run(
             locations: list[str] = []
             upload_s = None
             for j in range(jobs):
-                m = manifest(f"bench-{label}-{workers}-{j}", file.name, key)
+                m = manifest(f"bench-{label}-{workers}-{j}", file.name, key, dtype)
                 if upload:
                     with open(file, "rb") as f:
                         r = client.post(
@@ -210,28 +218,33 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--no-upload", action="store_true", help="skip the multipart upload run")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                    help="storage dtype of the published dataset")  # fmt: skip
+    ap.add_argument("--formats", default="npy,hdf5", help="inputs to run: npy, hdf5")
+    ap.add_argument("--shard-steps", type=int, default=1 << 21)
     args = ap.parse_args()
     T, D = args.steps, args.cells
     base = Path(args.dir or tempfile.mkdtemp(prefix="hs-ingest-svc-", dir="/tmp"))
     inputs = base / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    npy, h5 = write_inputs(inputs, T, D)
-    print(f"T={T} D={D}: inputs written in {time.perf_counter() - t0:.1f}s "
-          f"(npy {npy.stat().st_size / 1e9:.2f} GB, hdf5 {h5.stat().st_size / 1e9:.2f} GB)",
-          flush=True)  # fmt: skip
+    formats = set(args.formats.split(","))
+    npy, h5 = write_inputs(inputs, T, D, "hdf5" in formats, "npy" in formats)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e9:.2f} GB" for p in (npy, h5) if p.exists())
+    print(f"T={T} D={D}: inputs written in {time.perf_counter() - t0:.1f}s ({sizes})", flush=True)
     results = []
     try:
-        plan: list[tuple[str, Path, str | None, int, int, bool]] = [
-            ("npy", npy, None, 1, 1, False),
-            ("hdf5", h5, "/states", 1, 1, False),
-            ("npy", npy, None, 2, 2, False),
-            ("hdf5", h5, "/states", 2, 2, False),
-        ]
-        if not args.no_upload:
+        plan: list[tuple[str, Path, str | None, int, int, bool]] = []
+        for workers in (1, 2):
+            if "npy" in formats:
+                plan.append(("npy", npy, None, workers, 1, False))
+            if "hdf5" in formats:
+                plan.append(("hdf5", h5, "/states", workers, 1, False))
+        if not args.no_upload and "npy" in formats:
             plan.append(("npy-upload", npy, None, 1, 1, True))
         for label, file, key, workers, jobs, upload in plan:
-            res = run(base, inputs, label, file, key, workers, jobs, upload, T)
+            res = run(base, inputs, label, file, key, workers, jobs, upload, T, args.dtype,
+                      args.shard_steps)  # fmt: skip
             results.append(res)
             print(json.dumps(res), flush=True)
     finally:

@@ -68,6 +68,19 @@ class DatasetManifest(BaseModel):
     format_version: int = 1
     id: str
     name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(
+        default=1,
+        ge=1,
+        description="1 when ingested; a change of the tracks publishes version + 1 (a new id)",
+    )
+    parent_id: str | None = Field(
+        default=None, description="the id of the version this one was made from (None for v1)"
+    )
+    origin_id: str | None = Field(
+        default=None,
+        description="the id of version 1 of this dataset (None for version 1 itself): every "
+        "version of one dataset has the same origin",
+    )
     description: str = ""
     n_steps: int = Field(ge=1)
     n_sequences: int = Field(ge=1)

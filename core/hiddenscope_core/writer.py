@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import mmap
 import os
 import queue
 import re
@@ -523,7 +524,10 @@ class LayerWriter:
         self.stop = owner.n_steps if stop is None else stop
         self._part_steps = owner.part_steps
         self.dir = owner.staging / "layers" / info.name
-        (self.dir / "states").mkdir(parents=True, exist_ok=True)
+        if start == 0 and stop is None:
+            (self.dir / "states").mkdir(parents=True)
+        else:  # a shard: save_build made it (an aborted build stays gone)
+            (self.dir / "states").mkdir(exist_ok=True)
         d = info.n_cells
         self._raw_dtype = np.dtype(info.dtype)
         self._val_dtype = values_dtype(info.dtype, info.transform)
@@ -716,6 +720,17 @@ class LayerWriter:
 # ----------------------------------------------------------------------------- tracks
 
 
+class TrackOwner(Protocol):
+    """What a ``TrackWriter`` needs of the writer it belongs to (a ``DatasetWriter``, or a
+    ``versions.VersionWriter`` adding tracks to a published dataset)."""
+
+    @property
+    def staging(self) -> Path: ...
+    @property
+    def n_steps(self) -> int: ...
+    def _check_open(self) -> None: ...
+
+
 class TrackWriter:
     """Receives the rows of one meta track in step order.
 
@@ -724,7 +739,7 @@ class TrackWriter:
     ``scores`` float ``(n, K)``.
     """
 
-    def __init__(self, owner: DatasetWriter, info: TrackInfo) -> None:
+    def __init__(self, owner: TrackOwner, info: TrackInfo) -> None:
         self._owner = owner
         self.info = info
         self.rows_written = 0
@@ -963,16 +978,24 @@ class DatasetWriter:
         n_steps: int,
         description: str = "",
         provenance: dict[str, Any] | None = None,
+        part_steps: int | None = None,
     ) -> DatasetWriter:
-        """Start a dataset of ``n_steps`` steps named ``name``.
+        """Start a dataset of ``n_steps`` steps named ``name``; ``part_steps`` (a power of two,
+        at least ``ROW_GROUP_STEPS``; default ``PART_STEPS``) is the steps per Parquet part
+        file of states, the unit of a sharded build.
 
         Raises:
-            InvalidData: a bad name or ``n_steps < 1``.
+            InvalidData: a bad name, ``n_steps < 1`` or a bad ``part_steps``.
             Conflict: the name is already taken (checked again, atomically, at publication).
         """
         _check_name(name, "dataset")
         if not isinstance(n_steps, int | np.integer) or n_steps < 1:
             raise InvalidData(f"n_steps must be a positive integer, got {n_steps!r}")
+        ps = PART_STEPS if part_steps is None else int(part_steps)
+        if ps < ROW_GROUP_STEPS or ps & (ps - 1):
+            raise InvalidData(
+                f"part_steps must be a power of two >= {ROW_GROUP_STEPS}, got {part_steps!r}"
+            )
         root = Path(data_root)
         for sub in ("staging", "datasets", "names"):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -980,7 +1003,9 @@ class DatasetWriter:
             raise Conflict(f"a dataset named {name!r} already exists; choose another name")
         dataset_id = secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
         (root / "staging" / dataset_id).mkdir()
-        return cls(root, dataset_id, name, int(n_steps), description, dict(provenance or {}))
+        w = cls(root, dataset_id, name, int(n_steps), description, dict(provenance or {}))
+        w.part_steps = ps
+        return w
 
     # -- context manager
 
@@ -1529,8 +1554,10 @@ class DatasetWriter:
         hist = np.zeros((D, HIST_BINS), np.int64)
         ons = np.zeros((max(G, 1), D), np.int64)
         counts = np.zeros((max(G, 1), D, K), np.int64)
-        values_map = np.memmap(lw.dir / "values.bin", dtype=vdt, mode="r", shape=(D, T))
-        values = values_map.view(np.ndarray)  # a plain ndarray view: what numba accepts
+        # values.bin is read block by block with pread (not mapped: the resident set of a
+        # worker stays at its buffers, whatever T is)
+        item = np.dtype(vdt).itemsize
+        fd_values = os.open(lw.dir / "values.bin", os.O_RDONLY)
         th32 = np.asarray([bits.f32_threshold(t) for t in grid], np.float32)
         keys = np.asarray([bits.f16_key_threshold(t) for t in grid], np.int64)
         lut = _f16_lut()
@@ -1540,10 +1567,13 @@ class DatasetWriter:
         n_blk = min(block, stop - start)
         pl = np.zeros((G, D, bits.n_words(n_blk)), np.uint64)  # the block's planes
         rows_blk = np.zeros((G, n_blk, Dw), np.uint64)
+        vals = np.empty((D, n_blk), vdt)  # the block's values
         # carry[g, c]: whether step start-1 is on (a run going on across the range start)
         carry = np.zeros((G, D), np.uint64)
         if G and start > 0 and not np.isin(start, self._starts):
-            prev = np.array(values[:, start - 1])
+            prev = np.empty(D, vdt)
+            for c in range(D):
+                os.preadv(fd_values, [prev[c : c + 1].data], (c * T + start - 1) * item)
             if vdt == np.float16:
                 u = prev.view(np.uint16).astype(np.int64)
                 k = np.where(u & 0x8000, (~u) & 0xFFFF, u | 0x8000)
@@ -1563,10 +1593,15 @@ class DatasetWriter:
             while b0 < stop:
                 # a block never straddles an interval chunk (its starts are counted per chunk)
                 b1 = min(stop, b0 + block, ((b0 >> INTERVAL_CHUNK_LOG2) + 1) << INTERVAL_CHUNK_LOG2)
+                n = b1 - b0
+                for c in range(D):
+                    got = os.preadv(fd_values, [vals[c, :n].data], (c * T + b0) * item)
+                    if got != n * item:
+                        raise InvalidData(f"layer {info.name!r}: values.bin is short at {b0}")
                 if G == 0:
                     # no planes: only the histogram
                     for c in range(D):
-                        col = values[c, b0:b1]
+                        col = vals[c, :n]
                         colf = lut[col.view(np.uint16)] if vdt == np.float16 else col
                         _hist_col(colf, lo, scale, hist[c])
                     b0 = b1
@@ -1576,13 +1611,11 @@ class DatasetWriter:
                 nw = bits.n_words(b1 - b0)
                 if vdt == np.float16:
                     _planes_block_f16(
-                        values.view(np.uint16), b0, b1, keys, lut, bm, carry, pl, cnt, ons,
+                        vals.view(np.uint16), 0, n, keys, lut, bm, carry, pl, cnt, ons,
                         lo, scale, hist,
                     )  # fmt: skip
                 else:
-                    _planes_block_f32(
-                        values, b0, b1, th32, bm, carry, pl, cnt, ons, lo, scale, hist
-                    )
+                    _planes_block_f32(vals, 0, n, th32, bm, carry, pl, cnt, ons, lo, scale, hist)
                 counts[:, :, b0 >> INTERVAL_CHUNK_LOG2] += cnt
                 tr = time.perf_counter()
                 rb = rows_blk[:, : b1 - b0]
@@ -1599,7 +1632,7 @@ class DatasetWriter:
         finally:
             os.close(fd_planes)
             os.close(fd_rows)
-            del values, values_map
+            os.close(fd_values)
         t_planes = time.perf_counter() - tic - t_rows - t_io
         self.timings["planes"] = self.timings.get("planes", 0.0) + t_planes
         self.timings["rows"] = self.timings.get("rows", 0.0) + t_rows
@@ -1630,7 +1663,14 @@ class DatasetWriter:
             planes_map = np.memmap(
                 lw.dir / "planes.bin", dtype=np.uint64, mode="r", shape=(G, D, W)
             )
-            self._write_intervals(lw, planes_map.view(np.ndarray), counts[:G])
+            mm: Any = getattr(planes_map, "_mmap", None)
+
+            def release() -> None:  # drop the read planes from the resident set (not the cache)
+                if mm is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        mm.madvise(mmap.MADV_DONTNEED)
+
+            self._write_intervals(lw, planes_map.view(np.ndarray), counts[:G], release)
             del planes_map
         else:
             self._write_intervals(lw, np.zeros((0, D, 0), np.uint64), counts[:0])
@@ -1686,7 +1726,11 @@ class DatasetWriter:
         return bm
 
     def _write_intervals(
-        self, lw: _LayerStats, planes: npt.NDArray[np.uint64], counts: npt.NDArray[np.int64]
+        self,
+        lw: _LayerStats,
+        planes: npt.NDArray[np.uint64],
+        counts: npt.NDArray[np.int64],
+        release: Any = None,
     ) -> None:
         """Extract the on-intervals of all (threshold, cell, chunk) units in batches of about
         ``_INTERVAL_BATCH`` rows, in (threshold, cell, start) order, and hand each batch to the
@@ -1723,6 +1767,8 @@ class DatasetWriter:
                     if not np.array_equal(emitted, cnt[a:b]):  # pragma: no cover - a bug
                         raise AssertionError("interval extraction disagrees with the plane pass")
                     iw.put(out_g, out_cell, out_start, out_end)
+                    if release is not None:
+                        release()
         finally:
             iw.close()
         self.timings["intervals_wait"] = self.timings.get("intervals_wait", 0.0) + iw.waited

@@ -45,6 +45,10 @@ def test_prefix_routes_and_unknown_paths() -> None:
     assert s.route_for("POST", "/v1/datasets").upstream == "ingest"  # type: ignore[union-attr]
     assert s.route_for("DELETE", "/v1/datasets/abc").upstream == "ingest"  # type: ignore[union-attr]
     assert s.route_for("POST", "/v1/datasets/abc/matches").upstream == "match"  # type: ignore[union-attr]
+    # a dataset's tracks: changed by ingest (a new version), read by match
+    assert s.route_for("POST", "/v1/datasets/abc/tracks").upstream == "ingest"  # type: ignore[union-attr]
+    assert s.route_for("DELETE", "/v1/datasets/abc/tracks/pos").upstream == "ingest"  # type: ignore[union-attr]
+    assert s.route_for("GET", "/v1/datasets/abc/tracks/pos").upstream == "match"  # type: ignore[union-attr]
     assert s.route_for("GET", "/v1/jobs/j1").upstream == "ingest"  # type: ignore[union-attr]
     assert s.route_for("GET", "/v1/match-jobs/j1") is None  # the old path is gone
     assert s.route_for("POST", "/v1/datasets/abc") is None

@@ -2,8 +2,9 @@
 
 The route table is the one place that says which service owns which path. Rules are tried in
 order; the first whose method and path pattern match names the upstream. The paths follow the
-services' own route modules: ingest owns the catalog (``/v1/datasets``, ``/v1/datasets/{id}``);
-match owns everything below a dataset
+services' own route modules: ingest owns the catalog (``/v1/datasets``, ``/v1/datasets/{id}``)
+and the changes of a dataset's tracks (``POST /v1/datasets/{id}/tracks``, ``DELETE
+/v1/datasets/{id}/tracks/{track}``: new versions); match owns everything else below a dataset
 (``/v1/datasets/{id}/{info,layers/..,tokens,tracks/..,select,search,matches}``). Both kinds of
 job share one resource, ``/v1/jobs/{id}[/cancel]``: a job id starts with its kind
 (``match-…``, ``ingest-…``; :func:`hiddenscope_service.jobs.new_job_id`), so ``match-*`` ids go
@@ -65,6 +66,9 @@ DEFAULT_ROUTES: list[Route] = [
     Route(
         path="/v1/datasets/{id}", methods=["GET", "HEAD", "DELETE", "OPTIONS"], upstream="ingest"
     ),
+    # a dataset's tracks are changed by the ingest service (a new version), read by match
+    Route(path="/v1/datasets/{id}/tracks", methods=["POST", "OPTIONS"], upstream="ingest"),
+    Route(path="/v1/datasets/{id}/tracks/{track}", methods=["DELETE"], upstream="ingest"),
     Route(path="/v1/datasets/{id}/**", upstream="match"),
     # one job resource for both services: the kind before the id's first '-' routes it
     Route(path="/v1/jobs/match-*", upstream="match"),

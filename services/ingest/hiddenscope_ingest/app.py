@@ -19,6 +19,9 @@ from hiddenscope_ingest.reconcile import reconcile
 from hiddenscope_ingest.routes import PathIngestRequest, router
 from hiddenscope_ingest.service import TASK_NAME, IngestService
 from hiddenscope_ingest.settings import IngestSettings, get_settings
+from hiddenscope_ingest.versions import TRACKS_TASK_NAME, VersionsService
+from hiddenscope_ingest.versions_routes import PathTracksRequest
+from hiddenscope_ingest.versions_routes import router as versions_router
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,14 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     def enqueue(job_id: str) -> None:
         celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue)
 
+    def enqueue_tracks(job_id: str) -> None:
+        celery.send_task(TRACKS_TASK_NAME, args=[job_id], queue=settings.queue)
+
     app.state.service = IngestService(settings=settings, store=store, enqueue=enqueue)
+    app.state.versions = VersionsService(app.state.service, enqueue_tracks)
     app.include_router(router)
+    app.include_router(versions_router)
 
     add_health_route(app, store.client)
-    install_openapi(app, (PathIngestRequest, Problem))
+    install_openapi(app, (PathIngestRequest, PathTracksRequest, Problem))
     return app

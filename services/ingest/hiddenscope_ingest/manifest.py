@@ -305,6 +305,14 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> IngestManifest:
 
     Raises :class:`InvalidManifest` (422) saying what is wrong.
     """
+    obj = _load_mapping(data)
+    try:
+        return IngestManifest.model_validate(obj)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _load_mapping(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
     obj: Any = data
     if isinstance(data, bytes | str):
         try:
@@ -320,12 +328,100 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> IngestManifest:
                 raise InvalidManifest(f"the manifest is neither JSON nor YAML: {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidManifest("the manifest must be a JSON or YAML mapping")
+    return obj
+
+
+def _invalid(exc: ValidationError) -> InvalidManifest:
+    first = exc.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"])
+    return InvalidManifest(
+        f"manifest {loc or 'body'}: {first['msg']}"
+        + (f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else "")
+    )
+
+
+# -- adding tracks to a published dataset ------------------------------------------------------
+
+
+class ConllTracksSpec(ConllSpec):
+    """CoNLL columns as discrete tracks of a published dataset: one token per line must give
+    exactly ``T`` tokens. ``check_words``: the ``word_column`` must equal the dataset's tokens
+    (when it has tokens), so a file that does not belong to the dataset is refused."""
+
+    check_words: bool = True
+
+
+class TracksManifest(_Strict):
+    """Meta tracks to add to a published dataset (a new version of it; ``docs/ingest.md``).
+
+    The same track specs as at ingest: ``tracks`` (discrete / scalar / topk arrays, ``(T,)``,
+    ``(T, K)`` or ragged ``(N, L[, K])`` by the dataset's sequences), ``bed`` (interval files
+    painted onto the dataset's sequences by name) and ``conll`` (columns of a CoNLL file).
+    ``remove`` drops tracks in the same new version (remove and add one name to replace it)."""
+
+    tracks: list[TrackSpec] = Field(default_factory=list)
+    bed: list[BedSpec] = Field(default_factory=list)
+    conll: ConllTracksSpec | None = None
+    remove: list[str] = Field(
+        default_factory=list, description="track names to drop in the same new version"
+    )
+    nan_policy: NanPolicy = Field(
+        default="reject", description="reject: NaN/inf in a scalar track is an error; allow: kept"
+    )
+    checksums: dict[str, str] = Field(
+        default_factory=dict, description="file name → sha256 (hex) verified on upload"
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, description="merged into the new version's provenance"
+    )
+
+    @field_validator("checksums")
+    @classmethod
+    def _checksums(cls, v: dict[str, str]) -> dict[str, str]:
+        return IngestManifest._checksums(v)
+
+    @field_validator("remove")
+    @classmethod
+    def _remove(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"track name {name!r} must match {NAME_PATTERN}")
+        if len(set(v)) != len(v):
+            raise ValueError("a track is named twice in 'remove'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TracksManifest:
+        names = self.added()
+        if not names and not self.remove:
+            raise ValueError("name a track to add ('tracks', 'bed', 'conll') or to 'remove'")
+        if len(set(names)) != len(names):
+            raise ValueError("track names must be unique")
+        if self.conll is not None and not self.conll.columns:
+            raise ValueError("conll: name at least one column ('columns': {track: column})")
+        return self
+
+    def added(self) -> list[str]:
+        """The names of the tracks this manifest adds, in order."""
+        names = [x.name for x in self.tracks] + [x.name for x in self.bed]
+        return names + list(self.conll.columns if self.conll else [])
+
+    def referenced_files(self) -> list[str]:
+        refs: list[str] = []
+        for track in self.tracks:
+            for ref in (track.source, track.scores, track.labels_source):
+                if ref is not None:
+                    refs.append(ref.file)
+        refs.extend(b.file for b in self.bed)
+        if self.conll:
+            refs.append(self.conll.file)
+        return sorted(set(refs))
+
+
+def parse_tracks_manifest(data: bytes | str | dict[str, Any]) -> TracksManifest:
+    """Parse the manifest of a track addition (JSON or YAML); raises :class:`InvalidManifest`."""
+    obj = _load_mapping(data)
     try:
-        return IngestManifest.model_validate(obj)
+        return TracksManifest.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise InvalidManifest(
-            f"manifest {loc or 'body'}: {first['msg']}"
-            + (f" (and {exc.error_count() - 1} more errors)" if exc.error_count() > 1 else "")
-        ) from None
+        raise _invalid(exc) from None

@@ -8,6 +8,7 @@ inputs are parsed too, so the plan is complete."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from hiddenscope_ingest.loaders.text_files import (
     read_lines_vocab,
     read_token_file,
 )
-from hiddenscope_ingest.manifest import IngestManifest, LayerSpec, SourceRef
+from hiddenscope_ingest.manifest import BedSpec, IngestManifest, LayerSpec, SourceRef, TrackSpec
 
 MAX_SEQUENCES_IN_MEMORY = 100_000_000
 
@@ -132,15 +133,7 @@ def _fill(plan: Plan, root: Path, limits: Limits, work_dir: Path | None) -> None
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
     def maybe_ragged(src: ArraySource, ndim: int, what: str) -> ArraySource:
-        if len(src.shape) == ndim + 1:
-            if lengths is None:
-                raise InvalidData(
-                    f"{what}: a {len(src.shape)}-D array (N, L, ...) needs sequences.lengths"
-                )
-            return RaggedSource(src, lengths)
-        if len(src.shape) != ndim:
-            raise InvalidData(f"{what}: expected a {ndim}-D array, got shape {src.shape}")
-        return src
+        return _maybe_ragged(src, ndim, what, lengths)
 
     # layers fix T
     for spec in m.layers:
@@ -246,15 +239,66 @@ def _fill(plan: Plan, root: Path, limits: Limits, work_dir: Path | None) -> None
     if plan.sequence_starts is not None and plan.sequence_starts[-1] >= T:
         raise InvalidData("the token file's sequences do not fit the layers' steps")
 
-    # tracks
-    for tspec in m.tracks:
+    # tracks and BED interval tracks
+    tracks, complete = plan_tracks(
+        m.tracks, m.bed, root, limits, work_dir,
+        n_steps=T, tokens=plan.tokens, sequence_starts=plan.sequence_starts,
+        sequence_names=plan.sequence_names, lengths=lengths, opened=plan._open,
+    )  # fmt: skip
+    plan.tracks.extend(tracks)
+    plan.complete = plan.complete and complete
+
+
+def _maybe_ragged(
+    src: ArraySource, ndim: int, what: str, lengths: npt.NDArray[np.int64] | None
+) -> ArraySource:
+    """``src`` as ``ndim``-D rows: an ``(N, L, ...)`` array is flattened by ``lengths``."""
+    if len(src.shape) == ndim + 1:
+        if lengths is None:
+            raise InvalidData(
+                f"{what}: a {len(src.shape)}-D array (N, L, ...) needs sequences.lengths"
+            )
+        return RaggedSource(src, lengths)
+    if len(src.shape) != ndim:
+        raise InvalidData(f"{what}: expected a {ndim}-D array, got shape {src.shape}")
+    return src
+
+
+def plan_tracks(
+    track_specs: Sequence[TrackSpec],
+    beds: Sequence[BedSpec],
+    root: Path,
+    limits: Limits,
+    work_dir: Path | None,
+    *,
+    n_steps: int,
+    tokens: ArraySource | None,
+    sequence_starts: npt.NDArray[np.int64] | None,
+    sequence_names: list[str] | None,
+    lengths: npt.NDArray[np.int64] | None,
+    opened: list[ArraySource],
+) -> tuple[list[TrackPlan], bool]:
+    """Open and check meta tracks (``track_specs``) and BED files (``beds``) against ``n_steps``
+    steps, the ``tokens`` (for ``index_by_tokens``) and the sequences (BED chromosomes; ragged
+    ``(N, L)`` sources by ``lengths``). Used at ingest and when tracks are added to a published
+    dataset. Returns ``(plans, complete)``: without ``work_dir`` BED files are not parsed
+    (``complete`` is False). Opened sources are appended to ``opened`` (the caller closes them).
+    Raises 4xx errors only."""
+    T = n_steps
+    out: list[TrackPlan] = []
+    complete = True
+
+    def maybe_ragged(src: ArraySource, ndim: int, what: str) -> ArraySource:
+        return _maybe_ragged(src, ndim, what, lengths)
+
+    for tspec in track_specs:
         what = f"track {tspec.name}"
         src = open_array(root, tspec.source, what, limits)
-        plan._open.append(src)
+        opened.append(src)
         scores = None
         ndim = 2 if tspec.kind == "topk" else 1
         if tspec.index_by_tokens:
-            if plan.tokens is None:
+            if tokens is None:
                 raise InvalidManifest(f"{what}: index_by_tokens needs tokens")
             if len(src.shape) != ndim:
                 raise InvalidData(f"{what}: expected a {ndim}-D table, got {src.shape}")
@@ -265,7 +309,7 @@ def _fill(plan: Plan, root: Path, limits: Limits, work_dir: Path | None) -> None
         if tspec.kind == "topk":
             assert tspec.scores is not None
             scores = open_array(root, tspec.scores, f"{what} scores", limits)
-            plan._open.append(scores)
+            opened.append(scores)
             if not tspec.index_by_tokens:
                 scores = maybe_ragged(scores, 2, f"{what} scores")
             if scores.shape != src.shape:
@@ -288,20 +332,16 @@ def _fill(plan: Plan, root: Path, limits: Limits, work_dir: Path | None) -> None
             k=src.shape[1] if tspec.kind == "topk" else None,
             description=tspec.description,
         )
-        plan.tracks.append(TrackPlan(info, src, scores, tspec.index_by_tokens, defined))
+        out.append(TrackPlan(info, src, scores, tspec.index_by_tokens, defined))
 
     # BED interval tracks, aligned through the sequences' names and starts
-    for bed in m.bed:
+    for bed in beds:
         path = resolve_file(root, bed.file)
         if work_dir is None:
-            plan.complete = False
+            complete = False
             continue
-        seq_starts = (
-            plan.sequence_starts
-            if plan.sequence_starts is not None
-            else np.zeros(1, dtype=np.int64)
-        )
-        seq_names = plan.sequence_names or [f"seq{i}" for i in range(len(seq_starts))]
+        seq_starts = sequence_starts if sequence_starts is not None else np.zeros(1, np.int64)
+        seq_names = sequence_names or [f"seq{i}" for i in range(len(seq_starts))]
         painted = read_bed(
             path, f"bed {bed.name} ({bed.file})", bed.name, seq_starts, seq_names, T, work_dir,
             limits, background=bed.background, skip_unknown=bed.skip_unknown,
@@ -312,7 +352,8 @@ def _fill(plan: Plan, root: Path, limits: Limits, work_dir: Path | None) -> None
             labels=painted.texts,
             description=bed.description or f"BED intervals from {bed.file}",
         )
-        plan.tracks.append(TrackPlan(info, painted.labels))
+        out.append(TrackPlan(info, painted.labels))
+    return out, complete
 
 
-__all__ = ["LayerPlan", "NumpySource", "Plan", "TrackPlan", "build_plan"]
+__all__ = ["LayerPlan", "NumpySource", "Plan", "TrackPlan", "build_plan", "plan_tracks"]

@@ -21,7 +21,10 @@ One pass:
    nothing changed for ``leftover_after_seconds`` are removed (an attempt that died mid-write);
 3. ``uploads/<job>`` and ``uploads/<job>.work`` of jobs that are finished or unknown (expired),
    unchanged for ``leftover_after_seconds``, are removed (uploads still being received have no
-   job yet, but they change all the time).
+   job yet, but they change all the time);
+4. dataset versions that no name points at any more (superseded when tracks were added or
+   removed: :mod:`hiddenscope_core.versions`) are removed once superseded for
+   ``superseded_grace_seconds`` (24 h): readers that opened them had that long to finish.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hiddenscope_core.versions import collect_superseded
 from hiddenscope_service.jobs import JobStore
 
 from hiddenscope_ingest.service import JOB_KIND, TASK_NAME
@@ -50,6 +54,7 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     removed_staging: list[str] = field(default_factory=list)
     removed_uploads: list[str] = field(default_factory=list)
+    removed_versions: list[str] = field(default_factory=list)
     skipped: bool = False
 
     def as_dict(self) -> dict[str, object]:
@@ -57,6 +62,7 @@ class ReconcileReport:
             "requeued": self.requeued,
             "removed_staging": self.removed_staging,
             "removed_uploads": self.removed_uploads,
+            "removed_versions": self.removed_versions,
             "skipped": self.skipped,
         }
 
@@ -98,7 +104,12 @@ def reconcile(
     finally:
         if lock and store.client.get(lock_key) == token:
             store.client.delete(lock_key)
-    if report.requeued or report.removed_staging or report.removed_uploads:
+    if (
+        report.requeued
+        or report.removed_staging
+        or report.removed_uploads
+        or report.removed_versions
+    ):
         log.warning("reconcile: %s", json.dumps(report.as_dict()))
     return report
 
@@ -161,6 +172,11 @@ def _pass(
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
+
+    # 4. superseded dataset versions, after their grace period
+    report.removed_versions = collect_superseded(
+        settings.data_root, settings.superseded_grace_seconds, dry_run=dry_run
+    )
 
 
 def make_enqueue(settings: IngestSettings) -> Callable[[str], None]:

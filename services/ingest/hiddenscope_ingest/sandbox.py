@@ -53,6 +53,7 @@ _PRELOAD = [
     "hiddenscope_ingest.loaders.numpy_files",
     "hiddenscope_ingest.loaders.safetensors_files",
     "hiddenscope_ingest.loaders.arrow_files",
+    "hiddenscope_ingest.versions",
 ]
 _ctx: Any = None
 
@@ -121,6 +122,11 @@ def deep_check(job: dict[str, Any]) -> None:
     from hiddenscope_ingest.manifest import IngestManifest
     from hiddenscope_ingest.plan import build_plan
 
+    if job.get("op") == "tracks":  # tracks added to a published dataset
+        from hiddenscope_ingest.versions import deep_check_tracks
+
+        deep_check_tracks(job)
+        return
     manifest = IngestManifest.model_validate(job["manifest"])
     limits = Limits(**job["limits"])
     root = Path(job["root"])

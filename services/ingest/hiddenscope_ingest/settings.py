@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 from hiddenscope_service.settings import ServiceSettings, load_settings
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -41,6 +41,20 @@ class IngestSettings(ServiceSettings):
     )
     lease_seconds: int = Field(
         default=120, ge=2, description="a worker's job lease, renewed with every chunk"
+    )
+    shard_steps: int = Field(
+        default=1 << 21,
+        ge=1,
+        description="steps per layer shard of a conversion (rounded up to whole parts); the "
+        "shards are written and indexed by every idle ingest worker",
+    )
+    part_steps: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="steps per Parquet part file of states (a power of two)",
+    )
+    max_shard_helpers: int = Field(
+        default=64, ge=0, description="most helper tasks a conversion enqueues per phase"
     )
     queue: str = "ingest"
     sandbox: bool = Field(
@@ -88,6 +102,19 @@ class IngestSettings(ServiceSettings):
         description="staging/upload directories of dead or finished jobs unchanged this long "
         "are removed",
     )
+    superseded_grace_seconds: float = Field(
+        default=24 * 3600,
+        ge=0,
+        description="a dataset version superseded by a newer one (tracks added or removed) "
+        "stays readable this long, then the reconciler removes it",
+    )
+
+    @field_validator("part_steps")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two, got {v}")
+        return v
 
     @property
     def uploads_path(self) -> Path:

@@ -17,6 +17,8 @@ from hiddenscope_service.jobs import JobStore
 
 from hiddenscope_ingest.service import RECONCILE_TASK_NAME, TASK_NAME, JobBusy, run_conversion
 from hiddenscope_ingest.settings import get_settings
+from hiddenscope_ingest.shards import HELPER_TASK_NAME, run_helper
+from hiddenscope_ingest.versions import TRACKS_TASK_NAME
 
 celery_app = Celery("hiddenscope_ingest", set_as_current=False)
 celery_app.config_from_object("hiddenscope_ingest.celeryconfig")  # lazy: read on first use
@@ -46,11 +48,25 @@ def job_store() -> JobStore:
 def convert_task(self: Task[Any, Any], job_id: str) -> str:
     """Convert the upload of job ``job_id`` and publish it (idempotent, at-least-once)."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    settings = get_settings()
+
+    def spawn_helpers(build_id: str, phase: str, n: int) -> None:
+        for _ in range(n):
+            convert_shards_task.apply_async(args=[job_id, build_id, phase], queue=settings.queue)
+
     try:
-        return run_conversion(job_id, owner, get_settings(), job_store())
+        return run_conversion(job_id, owner, settings, job_store(), spawn_helpers)
     except JobBusy as busy:
         # another live attempt holds the lease; look again when it would have expired
         raise self.retry(countdown=max(1.0, busy.retry_after), max_retries=None) from None
+
+
+@celery_app.task(name=HELPER_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def convert_shards_task(self: Task[Any, Any], job_id: str, build_id: str, phase: str) -> int:
+    """Help job ``job_id``: run layer shard tasks of ``phase`` of build ``build_id`` until none
+    is left (:mod:`hiddenscope_ingest.shards`). Returns how many it ran."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    return run_helper(job_id, build_id, phase, owner, get_settings(), job_store())
 
 
 @celery_app.task(name=RECONCILE_TASK_NAME)
@@ -65,3 +81,15 @@ def reconcile_task(dry_run: bool = False) -> dict[str, object]:
         convert_task.apply_async(args=[job_id], queue=queue)
 
     return reconcile(settings, job_store(), enqueue, dry_run=dry_run).as_dict()
+
+
+@celery_app.task(name=TRACKS_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
+                 max_retries=None)  # fmt: skip
+def tracks_task(self: Task[Any, Any], job_id: str) -> str:
+    """Add or remove tracks of a published dataset: a new version (a job with ``op: tracks``,
+    :mod:`hiddenscope_ingest.versions`; idempotent, at-least-once, leased like a conversion)."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    try:
+        return run_conversion(job_id, owner, get_settings(), job_store())
+    except JobBusy as busy:
+        raise self.retry(countdown=max(1.0, busy.retry_after), max_retries=None) from None

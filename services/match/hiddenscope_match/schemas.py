@@ -37,6 +37,8 @@ class LayerDetail(BaseModel):
 class DatasetInfo(BaseModel):
     id: str
     name: str
+    version: int = Field(default=1, description="1 when ingested; +1 per change of the tracks")
+    parent_id: str | None = Field(default=None, description="the version this one was made from")
     description: str
     n_steps: int
     n_sequences: int

@@ -20,7 +20,9 @@ cost is proportional to the bigram's frequency, not to ``T``. Building it is one
 of an int64 key (about ``10 * T`` bytes of RAM while building, ``12 * T`` bytes on disk).
 
 Concurrent builders (threads or processes) serialise on an ``fcntl`` lock; the index directory
-appears by an atomic rename, complete or not at all.
+appears by an atomic rename, complete or not at all. A new version of a dataset (tracks added or
+removed: the same tokens, hard-linked) links its parent's index files if they exist instead of
+building them again.
 """
 
 from __future__ import annotations
@@ -180,11 +182,39 @@ def clean_caches(cache_dir: Path, live_ids: set[str], grace_seconds: float = 300
     return removed
 
 
+_INDEX_FILES = ("tokens.npy", "order.npy", "second.npy", "offsets.npy")
+
+
+def _link_parent_index(ds: Dataset, root: Path, tmp: Path) -> bool:
+    """A new version of a dataset (tracks added or removed) shares ``tokens.parquet`` with the
+    version it was made from (a hard link), so its phrase index is the parent's: link the
+    parent's index files instead of sorting ``T`` keys again. False if there is no such index."""
+    parent = ds.manifest.parent_id
+    if not parent:
+        return False
+    src = root.parent / parent / INDEX_DIR
+    try:
+        if not (src / "offsets.npy").exists() or not os.path.samefile(
+            ds.path / "tokens.parquet", ds.path.parent / parent / "tokens.parquet"
+        ):
+            return False
+        for name in _INDEX_FILES:
+            os.link(src / name, tmp / name)
+    except OSError:  # the parent (or its index) went away meanwhile, or no hard links here
+        for name in _INDEX_FILES:
+            (tmp / name).unlink(missing_ok=True)
+        return False
+    return True
+
+
 def _build(ds: Dataset, root: Path) -> None:
     tmp = root / f"{INDEX_DIR}.tmp-{os.getpid()}-{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        if _link_parent_index(ds, root, tmp):
+            os.replace(tmp, root / INDEX_DIR)
+            return
         table = pq.read_table(ds.path / "tokens.parquet", columns=["token_id"])
         tokens = table.column(0).to_numpy().astype(np.int32)
         del table

@@ -173,6 +173,8 @@ class MatchService:
         return DatasetInfo(
             id=m.id,
             name=m.name,
+            version=m.version,
+            parent_id=m.parent_id,
             description=m.description,
             n_steps=m.n_steps,
             n_sequences=m.n_sequences,

@@ -61,6 +61,10 @@ def ingest_stack(
         visibility_timeout=180,
         lease_seconds=10,
         chunk_bytes=2**16,  # many chunks even for small test arrays
+        # small parts and shards: most test datasets are built in several shards, shared by
+        # the worker's two pool processes (hiddenscope_ingest.shards)
+        part_steps=1024,
+        shard_steps=4096,
         unacked_restore_interval=1,
     )
     worker = start_celery_worker(

@@ -3,10 +3,12 @@ shape and dtype, read in row ranges (``read(start, stop)``), never all at once."
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -73,10 +75,32 @@ class NumpySource:
         self.dtype: np.dtype[np.generic] = array.dtype
 
     def read(self, start: int, stop: int) -> npt.NDArray[np.generic]:
-        return np.array(self.array[start:stop])
+        out = np.array(self.array[start:stop])
+        release_rows(self.array, start, stop)
+        return out
 
     def close(self) -> None:
         pass
+
+
+def release_rows(array: npt.NDArray[Any], start: int, stop: int) -> None:
+    """Drop the pages of rows ``[start, stop)`` of a memory-mapped array from this process's
+    resident set once they were copied out (``MADV_DONTNEED``; the kernel's page cache keeps
+    them). Streaming a file of any size through a memory map then keeps the worker's RSS
+    bounded by its buffers instead of growing to the size of the file. A no-op otherwise."""
+    mm = getattr(array, "_mmap", None)
+    if mm is None or stop <= start or not hasattr(mm, "madvise"):
+        return
+    row = int(array.strides[0]) if array.ndim else 0
+    if row <= 0 or not array.flags.c_contiguous:
+        return
+    base = int(getattr(array, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
+    lo = base + start * row
+    hi = min(len(mm), base + stop * row)
+    lo -= lo % mmap.PAGESIZE
+    if hi > lo:
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 class RaggedSource:
@@ -122,11 +146,12 @@ class RaggedSource:
 
 
 def iter_chunks(
-    source: ArraySource, rows_per_chunk: int
+    source: ArraySource, rows_per_chunk: int, begin: int = 0, end: int | None = None
 ) -> Iterator[tuple[int, npt.NDArray[np.generic]]]:
-    """``(start, rows)`` chunks in order; checks each chunk has the declared row count."""
-    total = source.shape[0]
-    for start in range(0, total, max(1, rows_per_chunk)):
+    """``(start, rows)`` chunks of rows ``[begin, end)`` (default: all) in order; checks each
+    chunk has the declared row count."""
+    total = source.shape[0] if end is None else min(end, source.shape[0])
+    for start in range(begin, total, max(1, rows_per_chunk)):
         stop = min(total, start + rows_per_chunk)
         chunk = source.read(start, stop)
         if chunk.shape[0] != stop - start:

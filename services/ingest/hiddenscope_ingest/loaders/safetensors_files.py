@@ -15,7 +15,12 @@ import numpy.typing as npt
 from safetensors import safe_open
 
 from hiddenscope_ingest.errors import InvalidData
-from hiddenscope_ingest.loaders.base import Limits, check_declared_size, declared_bytes
+from hiddenscope_ingest.loaders.base import (
+    Limits,
+    check_declared_size,
+    declared_bytes,
+    release_rows,
+)
 
 _DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
@@ -112,6 +117,7 @@ class SafetensorsSource:
     def read(self, start: int, stop: int) -> npt.NDArray[np.generic]:
         if self.bf16:
             words = np.asarray(self.raw[start:stop]).astype(np.uint32) << 16
+            release_rows(self.raw, start, stop)
             return words.view(np.float32)
         return np.asarray(self.slice[start:stop])
 
