@@ -14,6 +14,11 @@ class MatchSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="HIDDENSCOPE_MATCH_", extra="ignore")
 
     queue: str = "match"
+    warm_up: bool = Field(
+        default=True,
+        description="a worker loads the compiled match kernels at start (about 2 s), so that "
+        "its first query is not slower than the others",
+    )
     cache_dir: Path | None = Field(
         default=None,
         description="derived per-dataset caches (search index); default <data_root>/cache. "
