@@ -25,6 +25,7 @@ and prints the throughput; ``--bed sites.bed`` also writes the intervals as a BE
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -218,7 +219,10 @@ def main() -> None:
     p.add_argument("--cells", type=int, default=32)
     p.add_argument("--chunk-steps", type=int, default=1 << 20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--root", type=Path, required=True, help="data root to publish into")
+    p.add_argument("--root", type=Path, default=None, help="data root to publish into")
+    p.add_argument("--generate-only", action="store_true",
+                   help="generate every chunk but write nothing (the generator's own speed and "
+                   "memory, at sizes whose dataset would not fit the disk)")  # fmt: skip
     p.add_argument("--name", default="genome-synth")
     p.add_argument("--bed", type=Path, default=None, help="also write the sites as BED")
     args = p.parse_args()
@@ -226,6 +230,21 @@ def main() -> None:
         n_steps=int(args.steps), n_cells=args.cells, seed=args.seed, chunk_steps=args.chunk_steps
     )
     t0 = time.perf_counter()
+    if args.generate_only:
+        n = n_sites = on = 0
+        for chunk in GenomeGenerator(spec).chunks():
+            n += len(chunk.tokens)
+            n_sites += len(chunk.sites)
+            on += int((chunk.labels >= 0).sum())
+        dt = time.perf_counter() - t0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"generated {n:,} steps x {spec.n_cells} cells, {n_sites:,} sites ({on / n:.2%} of "
+            f"steps in a site) in {dt:.1f} s ({n / dt / 1e6:.2f} M steps/s), peak RSS {rss:.0f} MB"
+        )
+        return
+    if args.root is None:
+        p.error("--root is required unless --generate-only")
     if args.bed is not None:
         with open(args.bed, "w") as bed:
             manifest = write_genome(spec, args.root, args.name, bed)

@@ -80,31 +80,37 @@ def _accepted(response: Response, job: Job) -> JobResource:
     return JobResource.of(job)
 
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["manifest"],
-                    "properties": {
-                        "manifest": {
-                            "type": "string",
-                            "description": "the IngestManifest as JSON or YAML",
+def upload_body(manifest_schema: str, path_request_schema: str) -> dict[str, Any]:
+    """The OpenAPI request body of an upload: multipart (the manifest as JSON or YAML plus the
+    files it names) or JSON naming a server-side directory."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["manifest"],
+                        "properties": {
+                            "manifest": {
+                                "type": "string",
+                                "description": f"the {manifest_schema} as JSON or YAML",
+                            },
+                            "files": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "the files; each filename is the path the "
+                                "manifest uses",
+                            },
                         },
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "the files; each filename is the path the manifest uses",
-                        },
-                    },
-                }
+                    }
+                },
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{path_request_schema}"}
+                },
             },
-            "application/json": {"schema": {"$ref": "#/components/schemas/PathIngestRequest"}},
-        },
+        }
     }
-}
 
 
 @router.post(
@@ -113,7 +119,7 @@ _UPLOAD_BODY: dict[str, Any] = {
     response_model=JobResource,
     summary="Upload (or name on the server) a dataset to ingest; answers with a job",
     responses=problem_responses(403, 409, 413, 415, 422, 503),
-    openapi_extra=_UPLOAD_BODY,
+    openapi_extra=upload_body("IngestManifest", "PathIngestRequest"),
 )
 async def create_dataset(
     request: Request, response: Response, service: Service, idempotency_key: IdempotencyKey = None

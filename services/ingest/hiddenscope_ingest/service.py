@@ -355,6 +355,29 @@ def _attempt_of(job: Job) -> Callable[..., _Outcome]:
     return _attempt
 
 
+def progress_reporter(
+    store: JobStore, job_id: str, owner: str, lease_seconds: float
+) -> Callable[[int, int], None]:
+    """``progress(done, total)`` for an attempt: reports at most every 0.2 s (and at the end),
+    which also renews the lease; raises :class:`Cancelled` when the job was cancelled and
+    :class:`_Lost` when another worker took it over."""
+    last = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < 0.2 and done < total:
+            return
+        last = now
+        answer = store.report_progress(job_id, owner, lease_seconds, done, total)
+        if answer == "cancel":
+            raise Cancelled()
+        if answer == "lost":
+            raise _Lost()
+
+    return progress
+
+
 def work_dir_of(settings: IngestSettings, job_id: str) -> Path:
     return settings.uploads_path / f"{job_id}.work"
 
@@ -395,19 +418,7 @@ def _attempt(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    last = 0.0
-
-    def progress(done: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < 0.2 and done < total:
-            return
-        last = now
-        answer = store.report_progress(job_id, owner, settings.lease_seconds, done, total)
-        if answer == "cancel":
-            raise Cancelled()
-        if answer == "lost":
-            raise _Lost()
+    progress = progress_reporter(store, job_id, owner, settings.lease_seconds)
 
     try:
         root = source_dir

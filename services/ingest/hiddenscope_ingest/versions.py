@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from hiddenscope_ingest.service import (
     _sha256_file,
     dataset_summary,
     limits_of,
+    progress_reporter,
 )
 from hiddenscope_ingest.settings import IngestSettings
 from hiddenscope_ingest.upload import ReceivedFile
@@ -442,19 +442,7 @@ def attempt_tracks(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    last = 0.0
-
-    def progress(done: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < 0.2 and done < total:
-            return
-        last = now
-        answer = store.report_progress(job_id, owner, settings.lease_seconds, done, total)
-        if answer == "cancel":
-            raise Cancelled()
-        if answer == "lost":
-            raise _Lost()
+    progress = progress_reporter(store, job_id, owner, settings.lease_seconds)
 
     try:
         progress(0, 0)

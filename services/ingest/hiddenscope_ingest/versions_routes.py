@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -14,7 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hiddenscope_ingest.errors import TooLarge, UnsupportedFormat
 from hiddenscope_ingest.manifest import TracksManifest, parse_tracks_manifest
-from hiddenscope_ingest.routes import MAX_JSON_BODY, IdempotencyKey, JobResource, _accepted, _remove
+from hiddenscope_ingest.routes import (
+    MAX_JSON_BODY,
+    IdempotencyKey,
+    JobResource,
+    _accepted,
+    _remove,
+    upload_body,
+)
 from hiddenscope_ingest.service import JOB_KIND
 from hiddenscope_ingest.upload import receive_multipart
 from hiddenscope_ingest.versions import VersionsService
@@ -47,33 +54,6 @@ class PathTracksRequest(BaseModel):
     path: str = Field(description="server-side directory holding the files the manifest names")
 
 
-_TRACKS_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["manifest"],
-                    "properties": {
-                        "manifest": {
-                            "type": "string",
-                            "description": "the TracksManifest as JSON or YAML",
-                        },
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "the files; each filename is the path the manifest uses",
-                        },
-                    },
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/PathTracksRequest"}},
-        },
-    }
-}
-
-
 @router.post(
     "/datasets/{name_or_id}/tracks",
     status_code=202,
@@ -85,7 +65,7 @@ _TRACKS_BODY: dict[str, Any] = {
     "dataset, 409 a track name it already has (or a superseded version's id), 422 bad lengths, "
     "labels or ids.",
     responses=problem_responses(403, 404, 409, 413, 415, 422, 503),
-    openapi_extra=_TRACKS_BODY,
+    openapi_extra=upload_body("TracksManifest", "PathTracksRequest"),
 )
 async def add_tracks(
     name_or_id: DatasetRef,
