@@ -23,6 +23,14 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
         stack.stop()
 
 
+def page_text(at: AppTest) -> str:
+    """Everything a page says in words: markdown, errors, warnings, infos, captions, successes."""
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error]
+    parts += [w.value for w in at.warning] + [i.value for i in at.info]
+    parts += [c.value for c in at.caption] + [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
 def _use_api(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     from hiddenscope_ui.settings import get_settings
 
@@ -47,6 +55,22 @@ def dead_api_app(monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
         port = s.getsockname()[1]
     _use_api(monkeypatch, f"http://127.0.0.1:{port}")
     return _factory()
+
+
+@pytest.fixture
+def slow_api_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
+    """An API that accepts connections and never answers (a listening socket nobody accepts
+    from: the kernel completes the handshake, no one reads the request); reads time out after
+    0.5 s."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        monkeypatch.setenv("HIDDENSCOPE_UI_READ_TIMEOUT", "0.5")
+        _use_api(monkeypatch, f"http://127.0.0.1:{s.getsockname()[1]}")
+        yield _factory()
+    from hiddenscope_ui.settings import get_settings
+
+    get_settings.cache_clear()
 
 
 def _factory() -> Callable[..., AppTest]:

@@ -10,16 +10,10 @@ from urllib.parse import parse_qs
 from hiddenscope_ui.state import parse_query_params
 from streamlit.testing.v1 import AppTest
 
+from tests.ui.conftest import page_text as _text
 from tests.ui.stack import PLANTED_CELLS, UiStack
 
 App = Callable[..., AppTest]
-
-
-def _text(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error]
-    parts += [w.value for w in at.warning] + [i.value for i in at.info]
-    parts += [c.value for c in at.caption]
-    return "\n".join(str(p) for p in parts)
 
 
 def _charts(at: AppTest) -> int:
@@ -112,7 +106,7 @@ def test_match_view_runs_a_match_and_links_back(app: App) -> None:
     assert (opened.dataset, opened.layer, opened.pos) == ("demo", "cell_l1", first)
     assert opened.cells == PLANTED_CELLS
     assert opened.range is None
-    assert _charts(at) == 1
+    assert _charts(at) == 2  # the word matrix with its heatmaps, and the run lengths
     assert at.query_params["job"]
 
 

@@ -29,6 +29,7 @@ def states(draw: st.DrawFn) -> ViewState:
     return ViewState(
         dataset=draw(st.none() | names),
         layer=draw(st.none() | names),
+        compare=draw(st.none() | names),
         pos=pos,
         threshold=draw(st.floats(-5, 5, allow_nan=False).map(lambda f: float(f"{f:.6g}"))),
         cw=draw(st.sampled_from([30.0, 5.0, 0.5, 0.01, 45.0])),
@@ -37,10 +38,12 @@ def states(draw: st.DrawFn) -> ViewState:
         range=None if rng is None else (rng[0], rng[0] + rng[1]),
         off=draw(st.tuples(st.integers(0, 20), st.integers(0, 20))),
         hl=draw(st.none() | st.integers(0, 4000)),
+        mask=draw(st.booleans()),
         map=draw(st.none() | st.just("count") | names),
         min_length=min_len,
         max_length=draw(st.none() | st.integers(min_len, 500)),
         top_k=draw(st.integers(1, 1000)),
+        stats=draw(st.booleans()),
         job=draw(st.none() | st.from_regex(r"[A-Za-z0-9_-]{8,22}", fullmatch=True)),
     )
 
@@ -130,6 +133,9 @@ def test_repeated_keys_and_plain_commas() -> None:
         ({"dataset": "../etc/passwd"}, "dataset"),
         ({"max_length": "1", "min_length": "5"}, "max_length"),
         ({"bogus": "1"}, "bogus"),
+        ({"mask": "maybe"}, "mask"),
+        ({"stats": "2"}, "stats"),
+        ({"compare": "a b"}, "compare"),
     ],
 )
 def test_malformed_params_are_dropped_with_a_message(params: dict[str, str], field: str) -> None:
@@ -154,10 +160,19 @@ def test_window_and_span() -> None:
 
 
 def test_layer_switch_clears_the_selection() -> None:
-    s = ViewState(layer="a", cells=(1,), range=(3, 5), hl=1, job="j")
+    s = ViewState(layer="a", compare="c", cells=(1,), range=(3, 5), hl=1, job="j")
     t = s.with_layer("b")
     assert (t.cells, t.range, t.hl, t.job) == ((), None, None, None)
+    assert t.compare == "c"
     assert s.with_layer("a") is s
+    # the compared layer becoming the main one: nothing left to compare
+    assert s.with_layer("c").compare is None
+
+
+def test_flags_in_the_url() -> None:
+    assert to_query_params(ViewState(mask=True, stats=True)) == {"mask": "1", "stats": "1"}
+    s = parse_query_params({"mask": "true", "stats": "0", "compare": "states::states2"}).state
+    assert (s.mask, s.stats, s.compare) == (True, False, "states2")
 
 
 SEQS = [SequenceRef(0, "chr1", 0, 1000), SequenceRef(1, "chr2", 1000, 5000)]

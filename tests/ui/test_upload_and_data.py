@@ -18,6 +18,7 @@ from hiddenscope_service.jobs import JobStore
 from hiddenscope_ui import api
 from streamlit.testing.v1 import AppTest
 
+from tests.ui.conftest import page_text as _text
 from tests.ui.stack import VOCAB, UiStack
 
 App = Callable[..., AppTest]
@@ -29,13 +30,6 @@ layers:
   - {name: cell_l1, source: {file: states.npy}, transform: tanh}
 tokens: {source: {file: tokens.txt}}
 """
-
-
-def _text(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error]
-    parts += [w.value for w in at.warning] + [i.value for i in at.info]
-    parts += [c.value for c in at.caption] + [s.value for s in at.success]
-    return "\n".join(str(p) for p in parts)
 
 
 def test_upload_form_publishes_a_dataset(app: App, ui_stack: UiStack) -> None:

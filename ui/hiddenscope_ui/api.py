@@ -13,7 +13,7 @@ in :data:`PATHS`::
     GET    /v1/datasets                                   {datasets: [manifest]}       (ingest)
     DELETE /v1/datasets/{ds}                                                            (ingest)
     POST   /v1/datasets                                   multipart -> 202 job         (ingest)
-    GET    /v1/jobs/{id}[?wait=s]                         ingest job                   (ingest)
+    GET    <Location of the POST>[?wait=s]                ingest job                   (ingest)
     GET    /v1/datasets/{ds}/info                         layers, tracks, sequences    (match)
     GET    /v1/datasets/{ds}/layers/{layer}/states        ?start&end[&cells]           (match)
     GET    /v1/datasets/{ds}/layers/{layer}/summary       ?start&end&bins -> per-bin min,
@@ -26,8 +26,13 @@ in :data:`PATHS`::
     GET    /v1/datasets/{ds}/search                       ?q&limit -> positions; 503 +
                                                           Retry-After while its index builds
     POST   /v1/datasets/{ds}/matches[?wait=s]             MatchRequest -> 202 job      (match)
-    GET    /v1/match-jobs/{id}                            ?context_* -> job + hits     (match)
-    POST   /v1/match-jobs/{id}/cancel                                                  (match)
+    GET    <Location of the POST>                         ?context_* -> job + hits     (match)
+    POST   <the job's links.cancel>                                                    (match)
+
+Jobs are followed where the API says they are: the ``Location`` header of the ``POST`` that
+started them (else the body's ``links.self``), remembered per job id. A job known only by its id
+(a shared link) is looked up at :data:`JOB_PATHS` (``/v1/jobs/{id}``, SPEC §4: both services'
+jobs, through the gateway).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TypedDict, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import numpy as np
@@ -51,7 +56,6 @@ from hiddenscope_ui.settings import get_settings
 PATHS = {
     "datasets": "/v1/datasets",
     "dataset": "/v1/datasets/{ds}",
-    "job": "/v1/jobs/{job}",
     "info": "/v1/datasets/{ds}/info",
     "states": "/v1/datasets/{ds}/layers/{layer}/states",
     "summary": "/v1/datasets/{ds}/layers/{layer}/summary",
@@ -61,8 +65,10 @@ PATHS = {
     "select": "/v1/datasets/{ds}/select",
     "search": "/v1/datasets/{ds}/search",
     "match": "/v1/datasets/{ds}/matches",
-    "match_job": "/v1/match-jobs/{job}",
 }
+JOB_PATHS = ("/v1/jobs/{job}",)
+"""Where a job known only by its id may live, in the order tried."""
+MAX_REMEMBERED_JOBS = 10_000
 
 MAX_WINDOW_VALUES = 1 << 20
 """Most values (steps x cells) requested in one states GET when the UI bins a range itself."""
@@ -230,6 +236,8 @@ class HiddenScopeApi:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             headers={"Accept": "application/json", "User-Agent": "hiddenscope-ui"},
         )
+        self.job_locations: dict[str, str] = {}
+        """job id -> the path the API gave for it (``Location`` / ``links.self``)."""
 
     # -- plumbing
 
@@ -290,10 +298,53 @@ class HiddenScopeApi:
     def delete_dataset(self, ds: str) -> None:
         self.request("DELETE", self.path("dataset", ds=ds))
 
-    def job(self, job: str, wait: float = 0) -> dict[str, Any]:
-        """An ingest job."""
-        path = job if job.startswith("/") else self.path("job", job=job)
-        return cast(dict[str, Any], self.get_json(path, wait=wait or None))
+    # -- jobs (followed where the API says they are)
+
+    def remember_job(self, resp: httpx.Response, body: Any) -> str | None:
+        """Record where the job in a ``POST`` answer lives: its ``Location`` header, else the
+        body's ``links.self``. Returns that path (``None`` if the answer names none)."""
+        location = resp.headers.get("location")
+        if not location and isinstance(body, dict):
+            links = body.get("links")
+            location = links.get("self") if isinstance(links, dict) else None
+        if not location or not isinstance(body, dict) or "id" not in body:
+            return None
+        path = _local_path(str(location))
+        self._remember(str(body["id"]), path)
+        return path
+
+    def _remember(self, job_id: str, path: str) -> None:
+        if job_id not in self.job_locations and len(self.job_locations) >= MAX_REMEMBERED_JOBS:
+            self.job_locations.pop(next(iter(self.job_locations)))
+        self.job_locations[job_id] = path
+
+    def _job_paths(self, job: str) -> list[str]:
+        """Where job ``job`` (an id, or already a path) is: where the API said, else the
+        candidates of :data:`JOB_PATHS`."""
+        if job.startswith("/"):
+            return [job]
+        if job in self.job_locations:
+            return [self.job_locations[job]]
+        return [template.format(job=quote(job, safe="")) for template in JOB_PATHS]
+
+    def job(self, job: str, wait: float = 0, **params: Any) -> dict[str, Any]:
+        """A job resource (ingest or match) by id or path. A job known by its id alone is
+        asked for at each of :data:`JOB_PATHS` until one knows it (then remembered). Raises
+        :class:`NotFound` if none does."""
+        paths = self._job_paths(job)
+        for i, path in enumerate(paths):
+            try:
+                body = self.get_json(path, wait=wait or None, **params)
+            except NotFound:
+                if i == len(paths) - 1:
+                    raise
+                continue
+            if not isinstance(body, dict):
+                raise ServerError(f"unexpected job resource for {job!r}")
+            if not job.startswith("/"):
+                self._remember(job, path)
+            return body
+        raise NotFound(f"no job {job!r}")  # no paths: not reached
 
     def match_job(
         self,
@@ -316,11 +367,16 @@ class HiddenScopeApi:
             )
             if context_tracks:
                 params["context_tracks"] = ",".join(context_tracks)
-        return cast(dict[str, Any], self.get_json(self.path("match_job", job=job), **params))
+        return self.job(job, **params)
 
-    def cancel_match_job(self, job: str) -> dict[str, Any]:
-        resp = self.request("POST", self.path("match_job", job=job) + "/cancel")
-        return cast(dict[str, Any], resp.json())
+    def cancel_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Cancel ``job`` (a job resource) at its ``links.cancel``, else ``<job path>/cancel``."""
+        links = job.get("links")
+        cancel = links.get("cancel") if isinstance(links, dict) else None
+        path = (
+            _local_path(str(cancel)) if cancel else self._job_paths(str(job["id"]))[0] + "/cancel"
+        )
+        return cast(dict[str, Any], self.request("POST", path).json())
 
     def upload_dataset(
         self,
@@ -385,7 +441,9 @@ class HiddenScopeApi:
             },
             timeout=httpx.Timeout(600.0, connect=5.0),
         )
-        return cast(dict[str, Any], resp.json())
+        body = resp.json()
+        self.remember_job(resp, body)
+        return cast(dict[str, Any], body)
 
     # -- windows (match service)
 
@@ -603,7 +661,9 @@ class HiddenScopeApi:
         """POST a match; returns the job (202 while it runs, 200 when it ended within ``wait``)."""
         params = {"wait": wait} if wait else None
         resp = self.request("POST", self.path("match", ds=ds), json=query, params=params)
-        return cast(dict[str, Any], resp.json())
+        body = resp.json()
+        self.remember_job(resp, body)
+        return cast(dict[str, Any], body)
 
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -616,6 +676,13 @@ def _float_matrix(rows: Any) -> npt.NDArray[np.float32]:
     return np.asarray(
         [[np.nan if v is None else v for v in row] for row in rows], dtype=np.float32
     ).reshape(len(rows), -1)
+
+
+def _local_path(location: str) -> str:
+    """A job's ``Location`` as a path under the one base URL (an absolute URL keeps only its
+    path and query: the UI talks to nothing but the base URL)."""
+    parts = urlsplit(location)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def job_error(job: dict[str, Any]) -> str:

@@ -26,4 +26,5 @@ pages = {
 }
 common.PAGES.update(pages)
 page = st.navigation([pages["datasets"], pages["select"], pages["match"]])
+common.new_run(page.url_path)
 page.run()

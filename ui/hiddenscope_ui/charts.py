@@ -43,6 +43,9 @@ CATEGORICAL = [
 COUNT_SCALE = [[0.0, "#ffffff"], [1.0, ON_BLUE]]
 SCORE_SCALE = [[0.0, "#ffffff"], [1.0, "#6a51a3"]]
 SCALAR_SCALE = "Viridis"
+FADE_SCALE = [[0.0, "rgba(255,255,255,0)"], [1.0, "rgba(255,255,255,1)"]]
+"""An overlay that fades what is under it to white (z = 0: untouched, z = 1: white)."""
+CLEAR_SCALE = [[0.0, "rgba(0,0,0,0)"], [1.0, "rgba(0,0,0,0)"]]
 MAX_TEXT_STEPS = 160
 """Above this many steps per window, words are not written into the rows."""
 MAX_SELECTED_TRACES = 64
@@ -121,6 +124,79 @@ def track_rows(
     return TrackRows(name, kind, vals[None, :], [text], [name], lo, hi if hi > lo else lo + 1)
 
 
+def binned_track_rows(
+    name: str,
+    kind: str,
+    edges: Sequence[int],
+    labels: Sequence[int] | None = None,
+    label_names: Sequence[str] | None = None,
+    values: Sequence[float | None] | None = None,
+) -> TrackRows | None:
+    """A track over a long range at bin resolution (``edges``: ``bins + 1`` steps relative to
+    the first). discrete: one row per label present, z = the fraction of the bin's steps with
+    that label (so a rare label, e.g. a binding site, stays visible); scalar: one row, z = the
+    bin's mean. ``None`` for kinds without a binned form (top-K)."""
+    e = np.asarray(edges, dtype=np.int64) - int(edges[0])
+    n_bins = len(e) - 1
+    width = np.maximum(np.diff(e), 1).astype(np.float64)
+    if kind == "discrete":
+        lab = np.asarray(list(labels or []), dtype=np.int64)[: e[-1]]
+        names = list(label_names or [])
+        present = [int(v) for v in np.unique(lab[lab >= 0])]
+        if not present:
+            return None
+        bin_of = np.searchsorted(e, np.arange(lab.size), side="right") - 1
+        z = np.zeros((len(present), n_bins))
+        for r, v in enumerate(present):
+            z[r] = np.bincount(bin_of[lab == v], minlength=n_bins)[:n_bins] / width
+        rows = [f"{name}={names[v] if v < len(names) else v}" for v in present]
+        text = [[f"{f:.0%}" for f in row] for row in z]
+        return TrackRows(name, "discrete-binned", z, text, rows, 0.0, 1.0)
+    if kind == "scalar":
+        vals = np.asarray(
+            [np.nan if v is None else float(v) for v in (values or [])], dtype=np.float64
+        )[: e[-1]]
+        ok = np.isfinite(vals)
+        bin_of = np.searchsorted(e, np.arange(vals.size), side="right") - 1
+        sums = np.bincount(bin_of[ok], weights=vals[ok], minlength=n_bins)[:n_bins]
+        counts = np.bincount(bin_of[ok], minlength=n_bins)[:n_bins]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        finite = mean[np.isfinite(mean)]
+        lo = float(finite.min()) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 1.0
+        means = ["" if not math.isfinite(v) else f"mean {v:.3g}" for v in mean]
+        return TrackRows(name, kind, mean[None, :], [means], [name], lo, hi if hi > lo else lo + 1)
+    return None
+
+
+def mask_alpha(counts: npt.ArrayLike, n_selected: int, floor: float) -> npt.NDArray[np.float64]:
+    """The original's "mask": opacity ``floor .. 1`` in proportion to how many of the
+    ``n_selected`` cells are on (NaN counts, e.g. outside a sequence, get ``floor``)."""
+    c = np.asarray(counts, dtype=np.float64)
+    frac = np.clip(np.nan_to_num(c, nan=0.0) / max(1, n_selected), 0.0, 1.0)
+    return floor + (1.0 - floor) * frac
+
+
+def _fade(
+    x: Sequence[float] | npt.NDArray[np.float64], y: Sequence[str], alpha: npt.NDArray[np.float64]
+) -> go.Heatmap:
+    """A white overlay with opacity ``1 - alpha`` per cell (``alpha`` has ``y`` rows)."""
+    return go.Heatmap(
+        x=list(x),
+        y=list(y),
+        z=1.0 - alpha,
+        colorscale=FADE_SCALE,
+        zmin=0,
+        zmax=1,
+        showscale=False,
+        hoverinfo="skip",
+        xgap=1,
+        ygap=1,
+        name="mask",
+    )
+
+
 def y_range(
     value_min: float | None, value_max: float | None, data: npt.NDArray[np.float32]
 ) -> list[float]:
@@ -165,10 +241,13 @@ def select_figure(
     counts: Sequence[int] | None,
     tracks: Sequence[TrackRows],
     yrange: list[float],
+    mask: bool = False,
 ) -> go.Figure:
     """The select view: cells over the window (``values`` is ``(n, len(cells))``, steps
     ``start .. start+n``), the threshold, the brushed range with its off extents, the word row
-    coloured by how many selected cells are on, then one row per meta track row."""
+    coloured by how many selected cells are on, then one row per meta track row. With ``mask``
+    (and counts), the track rows fade where few selected cells are on (opacity 0.2 .. 1, as
+    the original's mask toggle)."""
     n = values.shape[0]
     x = np.arange(start, start + n, dtype=np.float64)
     track_row_count = sum(t.z.shape[0] for t in tracks)
@@ -307,6 +386,7 @@ def select_figure(
         row=2,
         col=1,
     )
+    alpha = mask_alpha(cnt, len(sel), 0.2) if mask and counts is not None and sel else None
     r = 3
     for t in tracks:
         scale: object
@@ -335,6 +415,10 @@ def select_figure(
             row=r,
             col=1,
         )
+        if alpha is not None:
+            fig.add_trace(
+                _fade(x, t.row_labels, np.tile(alpha, (len(t.row_labels), 1))), row=r, col=1
+            )
         fig.update_yaxes(autorange="reversed", row=r, col=1)
         r += 1
     ticks = {}
@@ -377,75 +461,115 @@ def summary_figure(
     threshold: float,
     brush: tuple[int, int] | None,
     yrange: list[float],
+    tracks: Sequence[TrackRows] = (),
 ) -> go.Figure:
-    """A long range: per bin, the band between the minimum and maximum over all cells (grey) and
-    each selected cell's min..max band (blue)."""
+    """A long range at bin resolution: every cell's per-bin maximum and minimum as thin grey
+    lines (two WebGL traces for all cells), and each selected cell's min..max band (blue; the
+    highlighted one orange); then one heatmap row per binned track row
+    (:func:`binned_track_rows`)."""
     edges = np.asarray(bin_starts, dtype=np.float64)
     centers = (edges[:-1] + edges[1:] - 1) / 2
-    lo_all = np.nanmin(mins, axis=1)
-    hi_all = np.nanmax(maxs, axis=1)
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scattergl(
-            x=centers,
-            y=hi_all,
-            mode="lines",
-            line={"width": 0.5, "color": "#999"},
-            name="max of all cells",
-            hoverinfo="skip",
-        )
-    )
-    fig.add_trace(
-        go.Scattergl(
-            x=centers,
-            y=lo_all,
-            mode="lines",
-            line={"width": 0.5, "color": "#999"},
-            fill="tonexty",
-            fillcolor="rgba(150,150,150,0.25)",
-            name="min of all cells",
-            hoverinfo="skip",
-        )
-    )
     col_of = {c: i for i, c in enumerate(cells)}
     shown = [c for c in selected if c in col_of][:MAX_SELECTED_TRACES]
     if highlight is not None and highlight in col_of and highlight not in shown:
         shown.append(highlight)
+    line_px, row_px = 330, 22
+    heights = [line_px] + [row_px * t.z.shape[0] for t in tracks]
+    fig = make_subplots(
+        rows=1 + len(tracks),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.012,
+        row_heights=[h / sum(heights) for h in heights],
+    )
+    others = [i for i, c in enumerate(cells) if c not in set(shown)]
+    if others:
+        opacity = max(0.05, min(0.5, 1 / math.sqrt(len(others))))
+        for what, data in (("max", maxs), ("min", mins)):
+            xs, ys = _lines_xy(centers, data[:, others])
+            fig.add_trace(
+                go.Scattergl(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line={"width": 1, "color": "rgb(90,90,90)"},
+                    opacity=opacity,
+                    name=f"per-bin {what} of each cell",
+                    hoverinfo="skip",
+                )
+            )
     for c in shown:
         color = HIGHLIGHT if c == highlight else ON_BLUE
+        fill = "rgba(255,127,14,0.3)" if c == highlight else "rgba(19,153,228,0.12)"
         i = col_of[c]
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=centers,
                 y=maxs[:, i],
                 mode="lines",
                 line={"width": 1, "color": color},
                 name=f"cell {c} max",
+                hovertemplate=f"cell {c}<br>bin at %{{x:,.0f}}: max %{{y:.3f}}<extra></extra>",
             )
         )
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=centers,
                 y=mins[:, i],
                 mode="lines",
                 line={"width": 1, "color": color},
                 fill="tonexty",
-                opacity=0.5,
+                fillcolor=fill,
                 name=f"cell {c} min",
+                hovertemplate=f"cell {c}<br>bin at %{{x:,.0f}}: min %{{y:.3f}}<extra></extra>",
             )
         )
-    fig.add_hline(y=threshold, line={"color": THRESHOLD_RED, "dash": "dash", "width": 1.5})
+    for r, t in enumerate(tracks, start=2):
+        fig.add_trace(
+            go.Heatmap(
+                x=centers,
+                y=t.row_labels,
+                z=t.z,
+                text=t.text,
+                colorscale=SCALAR_SCALE if t.kind == "scalar" else SCORE_SCALE,
+                zmin=t.zmin,
+                zmax=t.zmax,
+                showscale=False,
+                ygap=1,
+                name=t.name,
+                hovertemplate="%{y} bin at %{x:,.0f}: %{text}<extra></extra>",
+            ),
+            row=r,
+            col=1,
+        )
+        fig.update_yaxes(autorange="reversed", fixedrange=True, row=r, col=1)
+    fig.add_hline(
+        y=threshold, line={"color": THRESHOLD_RED, "dash": "dash", "width": 1.5}, row=1, col=1
+    )
     if brush is not None:
         fig.add_vrect(
-            x0=brush[0] - 0.5, x1=brush[1] - 0.5, fillcolor=ON_BLUE, opacity=0.15, line_width=0
+            x0=brush[0] - 0.5,
+            x1=brush[1] - 0.5,
+            fillcolor=ON_BLUE,
+            opacity=0.15,
+            line_width=0,
+            row="all",
+            col=1,
         )
+    n_rows = 1 + len(tracks)
+    fig.update_xaxes(
+        range=[edges[0] - 0.5, edges[-1] - 0.5],
+        showgrid=False,
+        title_text=f"step (bins of ~{(edges[-1] - edges[0]) / max(1, len(centers)):,.0f})",
+        row=n_rows,
+        col=1,
+    )
+    fig.update_yaxes(range=yrange, title_text="value (per-bin min..max)", row=1, col=1)
     fig.update_layout(
-        height=380,
-        margin={"l": 60, "r": 10, "t": 10, "b": 40},
+        height=sum(heights) + 80,
+        margin={"l": 90, "r": 10, "t": 10, "b": 40},
         showlegend=False,
         plot_bgcolor="white",
-        xaxis_title=f"step (bins of ~{(edges[-1] - edges[0]) / max(1, len(centers)):,.0f})",
-        yaxis={"range": yrange, "title": "value (per-bin min..max)"},
         dragmode="select",
         selectdirection="h",
     )
@@ -470,10 +594,14 @@ def matrix_figure(
             list[list[str]],
         ]
     ],
+    mask: npt.NDArray[np.float64] | None = None,
 ) -> go.Figure:
     """The match view: the word matrix (one result per row, columns = offsets from the match
     start, a line at the start and a box around each run) and heatmap panels beside it
-    (``(title, z, colorscale, (zmin, zmax), hover texts)``, same shape as the matrix)."""
+    (``(title, z, colorscale, (zmin, zmax), hover texts)``, same shape as the matrix).
+
+    ``mask`` (opacity per matrix cell, in ``[0, 1]``) fades the matrix's background, not its
+    words (the original's match-view mask)."""
     n_rows = len(texts)
     cols = 1 + len(panels)
     widths = [0.55] + [0.45 / max(1, len(panels))] * len(panels) if panels else [1.0]
@@ -492,9 +620,6 @@ def matrix_figure(
             x=x,
             y=list(row_labels),
             z=z,
-            text=[list(r) for r in texts],
-            texttemplate="%{text}",
-            textfont={"size": 11},
             colorscale=background_scale
             if background is not None
             else [[0, "#ffffff"], [1, "#ffffff"]],
@@ -503,7 +628,27 @@ def matrix_figure(
             showscale=False,
             xgap=1,
             ygap=1,
+            hoverinfo="skip",
+            name="background",
+        ),
+        row=1,
+        col=1,
+    )
+    if mask is not None and background is not None:
+        fig.add_trace(_fade(x, list(row_labels), np.asarray(mask, np.float64)), row=1, col=1)
+    # the words on a transparent layer above the background (and its mask)
+    fig.add_trace(
+        go.Heatmap(
+            x=x,
+            y=list(row_labels),
+            z=np.zeros((n_rows, len(x))),
+            text=[list(r) for r in texts],
+            texttemplate="%{text}",
+            textfont={"size": 11},
+            colorscale=CLEAR_SCALE,
+            showscale=False,
             hovertemplate="%{y} offset %{x}: %{text}<extra></extra>",
+            name="words",
         ),
         row=1,
         col=1,
@@ -545,5 +690,53 @@ def matrix_figure(
         height=max(240, 24 * n_rows + 90),
         margin={"l": 70, "r": 10, "t": 30, "b": 30},
         plot_bgcolor="white",
+    )
+    return fig
+
+
+def length_figure(
+    top_lengths: Sequence[int],
+    all_hist: Sequence[int] | None = None,
+    strict_hist: Sequence[int] | None = None,
+) -> go.Figure:
+    """Run lengths as bars: of the top results, and (from ``stats``) the original tool's two
+    histograms, all candidates and those with S1 ⊆ S2 (index = length)."""
+    fig = go.Figure()
+    top: list[int] = (
+        [int(c) for c in np.bincount(np.asarray(list(top_lengths), dtype=np.int64))]
+        if top_lengths
+        else []
+    )
+    series: list[tuple[str, Sequence[int] | None, str]] = [
+        ("all candidates", all_hist, "#bbbbbb"),
+        ("candidates with S1 ⊆ S2", strict_hist, ON_BLUE),
+        ("top results", top, HIGHLIGHT),
+    ]
+    longest = 0
+    for _name, hist, _color in series:
+        nz = np.flatnonzero(np.asarray(list(hist or []), dtype=np.int64))
+        if nz.size:
+            longest = max(longest, int(nz[-1]))
+    for name, hist, color in series:
+        if not hist:
+            continue
+        counts = list(hist)[: longest + 1]
+        fig.add_trace(
+            go.Bar(
+                x=list(range(len(counts))),
+                y=counts,
+                name=name,
+                marker_color=color,
+                hovertemplate=f"{name}<br>length %{{x}}: %{{y:,}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        height=260,
+        margin={"l": 60, "r": 10, "t": 10, "b": 40},
+        plot_bgcolor="white",
+        xaxis_title="run length (steps)",
+        yaxis={"title": "count", "type": "log" if all_hist else "linear"},
+        legend={"orientation": "h", "y": 1.12},
     )
     return fig

@@ -87,19 +87,43 @@ def go(step: int) -> None:
         set_view(hist[idx], history=False)
 
 
+def new_run(page: str) -> None:
+    """Count the app's script runs and note the page drawn (``app.py`` calls this once per
+    run; fragment reruns do not), so that :func:`bound` knows whether a widget was drawn, on
+    this page, in the previous run."""
+    st.session_state["_run"] = (int(st.session_state.get("_run", (0, ""))[0]) + 1, page)
+
+
+def _run() -> tuple[int, str]:
+    run: tuple[int, str] = st.session_state.get("_run", (0, ""))
+    return run
+
+
 def bound(key: str, value: T) -> str:
-    """Keep widget ``key`` showing ``value`` when the view changed elsewhere (history, a jump),
-    while letting the user's own edits stand. Returns ``key`` for the widget."""
+    """Keep widget ``key`` showing ``value`` when the view changed elsewhere (history, a jump,
+    another page), while letting the user's own edits stand. Returns ``key`` for the widget.
+
+    Streamlit keeps a widget's value only while the same page keeps drawing it: a widget not
+    drawn in the previous run, or drawn there by another page, is given the view's value
+    again, not its default."""
+    run, page = _run()
     marker = f"_bound::{key}"
-    if st.session_state.get(marker, object()) != value:
+    last = st.session_state.get(marker)
+    if (
+        last is None
+        or last[0] != value
+        or last[1] < run - 1
+        or last[2] != page
+        or key not in st.session_state
+    ):
         st.session_state[key] = value
-        st.session_state[marker] = value
+    st.session_state[marker] = (value, run, page)
     return key
 
 
 def accept(key: str, value: T) -> T:
     """Record that the widget ``key`` now shows ``value`` (after the user changed it)."""
-    st.session_state[f"_bound::{key}"] = value
+    st.session_state[f"_bound::{key}"] = (value, *_run())
     return value
 
 
@@ -109,8 +133,42 @@ def show_url_problems() -> None:
         st.warning("This link had parameters that could not be used:\n\n- " + "\n- ".join(problems))
 
 
+def _dataset_gone() -> bool:
+    """Whether the open view's dataset has gone (asked uncached: after a 404 from one of its
+    windows, the cached description may be stale)."""
+    view: ViewState | None = st.session_state.get("view")
+    if view is None or not view.dataset:
+        return False
+    api.dataset.clear()
+    try:
+        api.client().dataset(view.dataset)
+    except api.NotFound:
+        return True
+    except api.ApiError:
+        return False
+    return False
+
+
+def show_dataset_gone(view: ViewState) -> None:
+    """The dataset of ``view`` does not exist: say so, and offer another one."""
+    st.error(
+        f"Dataset **{view.dataset}** does not exist (any more): it may have been deleted "
+        "while open, or the link is stale.",
+        icon="🗑️",
+    )
+    if st.button("Choose another dataset", key="gone-choose"):
+        set_view(view.with_dataset(None))
+        st.rerun()
+    if "datasets" in PAGES:
+        st.page_link(PAGES["datasets"], label="Go to the datasets", icon="🗂️")
+
+
 def show_api_error(exc: api.ApiError, *, where: str = "") -> None:
-    """A clear message and a way on (retry, the datasets page) instead of a traceback."""
+    """A clear message and a way on (retry, the datasets page) instead of a traceback. A 404
+    because the open dataset was deleted meanwhile says that."""
+    if isinstance(exc, api.NotFound) and _dataset_gone():
+        show_dataset_gone(st.session_state["view"])
+        return
     prefix = f"{where}: " if where else ""
     if isinstance(exc, api.ApiUnavailable):
         st.error(f"{prefix}The HiddenScope API is not reachable.\n\n{exc.message}", icon="🔌")
@@ -153,16 +211,7 @@ def open_dataset(view: ViewState) -> dict[str, Any] | None:
     try:
         return api.dataset(api.base_url(), view.dataset)
     except api.NotFound:
-        st.error(
-            f"Dataset **{view.dataset}** does not exist (any more): it may have been deleted "
-            "while open, or the link is stale.",
-            icon="🗑️",
-        )
-        if st.button("Choose another dataset"):
-            set_view(view.with_dataset(None))
-            st.rerun()
-        if "datasets" in PAGES:
-            st.page_link(PAGES["datasets"], label="Go to the datasets", icon="🗂️")
+        show_dataset_gone(view)
         st.stop()
     except api.ApiError as exc:
         show_api_error(exc, where="loading the dataset")
@@ -222,6 +271,24 @@ def layer_picker(view: ViewState, manifest: dict[str, Any], *, where: Any = None
         accept("pick-layer", chosen)
         view = view.with_layer(chosen)
         set_view(view)
+    return _check_cells(view, layer_info(manifest, view.layer))
+
+
+def _check_cells(view: ViewState, layer: dict[str, Any]) -> ViewState:
+    """Cell ids (and the highlighted cell) of a link that the layer does not have are
+    reported and dropped."""
+    n_cells = int(layer.get("n_cells", 0))
+    bad = [c for c in view.cells if c >= n_cells]
+    hl = view.hl if view.hl is None or view.hl < n_cells else None
+    if not bad and hl == view.hl:
+        return view
+    if bad:
+        st.warning(
+            f"Cell(s) {', '.join(map(str, bad[:20]))} are not in layer **{view.layer}** "
+            f"(cells 0 .. {n_cells - 1}); they were dropped."
+        )
+    view = replace(view, cells=tuple(c for c in view.cells if c < n_cells), hl=hl)
+    set_view(view, history=False)
     return view
 
 

@@ -5,9 +5,9 @@ what the URL's query string holds, so any view can be shared by copying the addr
 
 Two vocabularies are read:
 
-* ours (written): ``dataset, layer, pos, threshold, cw, tracks, cells, range, off, hl, map,
-  min_length, max_length, top_k, job``; arrays are ``a,b,c`` (or repeated keys), ``range`` is
-  an absolute half-open step range ``a,b``.
+* ours (written): ``dataset, layer, compare, pos, threshold, cw, tracks, cells, range, off, hl,
+  mask, map, min_length, max_length, top_k, stats, job``; arrays are ``a,b,c`` (or repeated
+  keys), ``range`` is an absolute half-open step range ``a,b``, flags are ``1``/``0``.
 * the original LSTMVis client's: ``project, source, pos, activation, cw, meta, sc, wordBrush,
   wordBrushZero`` with its ``..a,b,c`` array encoding. ``wordBrush`` is relative to the window,
   which starts :data:`LEFT_CONTEXT` steps before ``pos`` (as in the original); ``source`` may be
@@ -54,6 +54,8 @@ class ViewState:
 
     dataset: str | None = None
     layer: str | None = None
+    compare: str | None = None
+    """Select view: a second layer drawn under the first over the same window (side by side)."""
     pos: int = 0
     threshold: float = DEFAULT_THRESHOLD
     cw: float = DEFAULT_CW
@@ -64,11 +66,16 @@ class ViewState:
     off: tuple[int, int] = DEFAULT_OFF
     hl: int | None = None
     """The highlighted cell of the selected-cell list."""
+    mask: bool = False
+    """Fade meta tracks (select view) and the word matrix's background (match view) where few
+    selected cells are on, as the original's "mask" toggles."""
     map: str | None = None
     """Match view: the heatmap whose colours fill the word matrix (``count`` or a track)."""
     min_length: int = DEFAULT_MIN_LENGTH
     max_length: int | None = None
     top_k: int = DEFAULT_TOP_K
+    stats: bool = False
+    """Match view: ask for the candidate count and the two length histograms (slower)."""
     job: str | None = None
     """Match view: the match job whose result is shown."""
 
@@ -91,12 +98,15 @@ class ViewState:
         """Switching layers clears the selection, as in the original."""
         if layer == self.layer:
             return self
-        return replace(self, layer=layer, range=None, cells=(), hl=None, job=None)
+        compare = None if layer == self.compare else self.compare
+        return replace(self, layer=layer, compare=compare, range=None, cells=(), hl=None, job=None)
 
     def with_dataset(self, dataset: str | None) -> ViewState:
         if dataset == self.dataset:
             return self
-        return ViewState(dataset=dataset, threshold=self.threshold, cw=self.cw, off=self.off)
+        return ViewState(
+            dataset=dataset, threshold=self.threshold, cw=self.cw, off=self.off, mask=self.mask
+        )
 
 
 @dataclass
@@ -137,6 +147,8 @@ def _int(text: str) -> int:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,200}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 """Job ids are ``secrets.token_urlsafe``: they may start with ``-`` or ``_``."""
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 def parse_query_params(params: Mapping[str, str | Sequence[str]]) -> ParsedState:
@@ -157,10 +169,10 @@ def parse_query_params(params: Mapping[str, str | Sequence[str]]) -> ParsedState
     def bad(key: str, value: object, why: str) -> None:
         problems.append(f"ignored URL parameter {key}={_last(_flat(value))!r}: {why}")
 
-    for key in ("dataset", "layer", "map", "job"):
+    for key in ("dataset", "layer", "compare", "map", "job"):
         if key in values:
             text = _last(values[key])
-            if key == "layer" and "::" in text:
+            if key in ("layer", "compare") and "::" in text:
                 text = text.split("::", 1)[1]  # original "states::states1"
             if text == "":
                 continue
@@ -194,6 +206,14 @@ def parse_query_params(params: Mapping[str, str | Sequence[str]]) -> ParsedState
                 kw[key] = f
             except ValueError as exc:
                 bad(key, values[key], str(exc))
+
+    for key in ("mask", "stats"):
+        if key in values:
+            text = _last(values[key]).lower()
+            if text in _TRUE | _FALSE:
+                kw[key] = text in _TRUE
+            else:
+                bad(key, values[key], "expected 1 or 0")
 
     if "tracks" in values:
         names = _as_list(values["tracks"])
@@ -288,6 +308,8 @@ def to_query_params(state: ViewState) -> dict[str, str]:
         out["dataset"] = state.dataset
     if state.layer:
         out["layer"] = state.layer
+    if state.compare:
+        out["compare"] = state.compare
     if state.pos:
         out["pos"] = str(state.pos)
     if state.threshold != DEFAULT_THRESHOLD:
@@ -304,6 +326,8 @@ def to_query_params(state: ViewState) -> dict[str, str]:
         out["off"] = f"{state.off[0]},{state.off[1]}"
     if state.hl is not None:
         out["hl"] = str(state.hl)
+    if state.mask:
+        out["mask"] = "1"
     if state.map:
         out["map"] = state.map
     if state.min_length != DEFAULT_MIN_LENGTH:
@@ -312,6 +336,8 @@ def to_query_params(state: ViewState) -> dict[str, str]:
         out["max_length"] = str(state.max_length)
     if state.top_k != DEFAULT_TOP_K:
         out["top_k"] = str(state.top_k)
+    if state.stats:
+        out["stats"] = "1"
     if state.job:
         out["job"] = state.job
     return out

@@ -135,16 +135,15 @@ def _follow(job_id: str) -> None:
 
 @st.fragment(run_every=get_settings().poll_seconds * 2)
 def _jobs() -> None:
-    jobs: list[str] = st.session_state.get("ingest_jobs", [])
     with st.form("follow", border=False):
         c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
         jid = c1.text_input("Follow an ingest job by id", key="follow-id")
         if c2.form_submit_button("Follow") and jid.strip():
             _follow(jid.strip())
+    jobs: list[str] = st.session_state.get("ingest_jobs", [])
     if not jobs:
         st.caption("No ingest jobs in this session.")
         return
-    running = False
     newly_done = False
     for jid in jobs[:20]:
         try:
@@ -164,7 +163,6 @@ def _jobs() -> None:
             f"  ·  attempts {job.get('attempts', 0)}"
         )
         if status in ("queued", "running"):
-            running = True
             box.progress(done / total if total else 0.0, text=f"{done}/{total or '?'}")
         elif status == "succeeded":
             seen: set[str] = st.session_state.setdefault("ingest_seen_done", set())
@@ -181,8 +179,6 @@ def _jobs() -> None:
     if newly_done:
         api.list_datasets.clear()
         st.rerun(scope="app")
-    if not running:
-        return
 
 
 def _took(job: dict[str, Any]) -> str:

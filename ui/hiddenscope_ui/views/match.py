@@ -45,6 +45,7 @@ def _query(view: ViewState) -> dict[str, Any]:
         "right_off": view.off[1],
         "min_length": view.min_length,
         "top_k": view.top_k,
+        "stats": view.stats,
     }
     if view.max_length is not None:
         q["max_length"] = view.max_length
@@ -70,7 +71,19 @@ def _params(view: ViewState) -> ViewState:
         help="0 = no limit",
     )
     top_k = sb.number_input("results (top k)", 1, 1000, step=10, key=bound("top_k", view.top_k))
-    new = replace(view, min_length=int(min_len), max_length=int(max_len) or None, top_k=int(top_k))
+    stats = sb.checkbox(
+        "candidate statistics",
+        key=bound("stats", view.stats),
+        help="also count every candidate and histogram their lengths (the original's two "
+        "length histograms); slower on large data, as no candidate can be skipped",
+    )
+    new = replace(
+        view,
+        min_length=int(min_len),
+        max_length=int(max_len) or None,
+        top_k=int(top_k),
+        stats=bool(stats),
+    )
     if new.max_length is not None and new.max_length < new.min_length:
         sb.warning("max length is below min length; ignoring it")
         new = replace(new, max_length=None)
@@ -78,6 +91,7 @@ def _params(view: ViewState) -> ViewState:
         accept("min_len", int(min_len))
         accept("max_len", int(max_len))
         accept("top_k", int(top_k))
+        accept("stats", bool(stats))
         new = replace(new, job=None)
         set_view(new)
     return new
@@ -134,7 +148,7 @@ def _monitor(job_id: str) -> None:
         st.rerun(scope="app")
     if st.button("Cancel", key="cancel-match"):
         try:
-            api.client().cancel_match_job(job_id)
+            api.client().cancel_job(job)
         except api.ApiError as exc:
             st.warning(f"cancel failed: {exc.message}")
 
@@ -204,11 +218,66 @@ def _select_link(view: ViewState, start: int) -> str:
     return "select?" + urlencode(to_query_params(target))
 
 
+HEATMAP_KINDS = ("discrete", "scalar", "topk")
+
+
+def _heatmap_toggles(view: ViewState, manifest: dict[str, Any]) -> tuple[ViewState, list[str]]:
+    """Annotation heatmaps, each switched on and off with one click (the original's heatmap
+    hide buttons). They share the URL's ``tracks`` with the select view's meta tracks."""
+    track_meta = {n: t for n, t in track_infos(manifest).items() if t["kind"] in HEATMAP_KINDS}
+    if not track_meta:
+        return view, []
+    on = [t for t in view.tracks if t in track_meta]
+    chosen = st.pills(
+        "Annotation heatmaps (click to switch on/off)",
+        list(track_meta),
+        selection_mode="multi",
+        key=bound("match-tracks", on),
+        format_func=lambda n: f"{n} ({track_meta[n]['kind']})",
+    )
+    chosen = [t for t in track_meta if t in (chosen or [])]
+    if chosen != on:
+        accept("match-tracks", chosen)
+        keep = [t for t in view.tracks if t not in track_meta]
+        view = replace(view, tracks=tuple(keep + chosen))
+        set_view(view)
+    return view, chosen
+
+
+def _stats(result: dict[str, Any], hits: list[dict[str, Any]]) -> None:
+    """Candidate count and run-length histograms (the original's fuzzy and strict ones, when
+    the match ran with ``stats``), beside the lengths of the top results."""
+    stats = result.get("stats") or None
+    with st.expander("Run lengths" + (" and candidates" if stats else ""), expanded=bool(stats)):
+        if stats:
+            n_cand = int(stats.get("n_candidates", 0))
+            strict = stats.get("strict_length_histogram") or []
+            st.markdown(
+                f"**{n_cand:,} candidates** (runs of at least one selected cell), "
+                f"**{int(sum(strict)):,}** of them with every selected cell on (S1 ⊆ S2)"
+            )
+        else:
+            st.caption(
+                "Lengths of the top results. Tick *candidate statistics* in the sidebar and run "
+                "again for the count and lengths of all candidates."
+            )
+        fig = charts.length_figure(
+            [int(h["length"]) for h in hits],
+            (stats or {}).get("length_histogram"),
+            (stats or {}).get("strict_length_histogram"),
+        )
+        st.plotly_chart(fig, key="match-lengths", config={"displaylogo": False})
+
+
 def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> None:
     result = job.get("result") or {}
     n_hits = int(result.get("n_hits", len(result.get("hits", []))))
     if not n_hits:
-        st.info("No matches: no run of the selected cells reaches the minimum length.")
+        st.info(
+            "No matches: no run of the selected cells reaches the minimum length. Lower the "
+            "min length or the threshold, or select other cells."
+        )
+        _stats(result, [])
         return
     note = (
         "" if result.get("threshold_on_grid", True) else " (θ off the index grid, verified exactly)"
@@ -216,24 +285,13 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
     took = (job.get("timings") or {}).get("total_seconds")
     took_txt = f" in {took:.2f} s" if isinstance(took, int | float) else ""
     st.markdown(f"**{n_hits} results**{note} for {len(view.cells)} cells{took_txt}")
-    track_meta = {
-        n: t for n, t in track_infos(manifest).items() if t["kind"] in ("discrete", "scalar")
-    }
-    c1, c2, c3 = st.columns([3, 3, 2])
-    chosen = c1.multiselect(
-        "Annotation heatmaps",
-        list(track_meta),
-        key=bound("match-tracks", [t for t in view.tracks if t in track_meta]),
-    )
-    if tuple(chosen) != tuple(t for t in view.tracks if t in track_meta):
-        accept("match-tracks", chosen)
-        keep = [t for t in view.tracks if t not in track_meta]
-        view = replace(view, tracks=tuple(keep + list(chosen)))
-        set_view(view)
+    track_meta = {n: t for n, t in track_infos(manifest).items() if t["kind"] in HEATMAP_KINDS}
+    view, chosen = _heatmap_toggles(view, manifest)
+    c2, c3, c4 = st.columns([4, 1, 2], vertical_alignment="bottom")
     options = ["none", "count", *chosen]
     mapped = view.map if view.map in options else "count"
     mapped = c2.radio(
-        "Matrix background",
+        "Map a heatmap's colours onto the results",
         options,
         horizontal=True,
         key=bound("map", mapped),
@@ -243,7 +301,18 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
         accept("map", mapped)
         view = replace(view, map=mapped)
         set_view(view, history=False)
-    right = c3.slider("columns after the start", 1, MAX_COLUMNS - LEFT, 15)
+    mask = c3.toggle(
+        "mask",
+        key=bound("match-mask", view.mask),
+        help="fade the background where few selected cells are on (opacity 0.1 .. 1 by the "
+        "match count)",
+        disabled=mapped == "none",
+    )
+    if mask != view.mask:
+        accept("match-mask", mask)
+        view = replace(view, mask=bool(mask))
+        set_view(view, history=False)
+    right = c4.slider("columns after the start", 1, MAX_COLUMNS - LEFT, 15)
     try:
         page = api.match_page(
             api.base_url(), str(job["id"]), min(n_hits, view.top_k), right, tuple(chosen), LEFT
@@ -282,7 +351,8 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
         else:
             finite = z[np.isfinite(z)]
             rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            panels.append((t, z, charts.SCALAR_SCALE, rng, data["hover"][t]))
+            scale = charts.SCORE_SCALE if track_meta[t]["kind"] == "topk" else charts.SCALAR_SCALE
+            panels.append((t, z, scale, rng, data["hover"][t]))
     background = None
     bscale: Any = charts.COUNT_SCALE
     brange = (0.0, 1.0)
@@ -299,7 +369,10 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
         background_scale=bscale,
         background_range=brange,
         panels=panels,
+        mask=charts.mask_alpha(data["counts"], n_sel, 0.1) if view.mask else None,
     )
+    if len(hits) > len(shown):
+        st.caption(f"The matrix shows the first {len(shown)} results; the table lists all.")
     st.plotly_chart(fig, key="match-matrix", config={"displaylogo": False})
     table = [
         {
@@ -329,6 +402,7 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
             "jaccard": st.column_config.NumberColumn(format="%.3f"),
         },
     )
+    _stats(result, hits)
 
 
 def render() -> None:
@@ -360,6 +434,9 @@ def render() -> None:
     status = job.get("status")
     if status not in api.TERMINAL:
         _monitor(str(view.job))
+        return
+    if status == "cancelled":
+        st.info("The match was cancelled. **Run match** starts it again.", icon="⏹️")
         return
     if status != "succeeded":
         show_api_error(api.JobFailed(api.job_error(job)), where=f"match {status}")

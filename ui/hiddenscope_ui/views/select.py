@@ -32,7 +32,10 @@ from hiddenscope_ui.state import LEFT_CONTEXT, MAX_CW, MIN_CW, SequenceRef, View
 SUMMARY_ABOVE = 400
 # Windows longer than this many steps show per-bin min/max summaries.
 SUMMARY_BINS = 300
+MAX_BINNED_TRACK_STEPS = 200_000
+# the longest window whose meta tracks are read (per step) and binned in the UI
 SHIFT = 5
+SELECT_MEMO = 8
 
 
 def _sequence_refs(manifest: dict[str, Any]) -> list[SequenceRef]:
@@ -169,18 +172,19 @@ def _controls(view: ViewState, manifest: dict[str, Any], layer: dict[str, Any]) 
         accept("zr", int(zr))
         view = replace(view, off=(int(zl), int(zr)))
         set_view(view)
-    tracks = track_infos(manifest)
-    if tracks:
-        wanted = [t for t in view.tracks if t in tracks]
-        chosen = sb.multiselect(
-            "Meta tracks",
-            list(tracks),
-            key=bound("tracks", wanted),
-            format_func=lambda n: f"{n} ({tracks[n]['kind']})",
+    others = [x["name"] for x in manifest.get("layers", []) if x["name"] != view.layer]
+    if others:
+        compare = sb.selectbox(
+            "Compare with layer",
+            ["", *others],
+            key=bound("compare", view.compare if view.compare in others else ""),
+            format_func=lambda n: n or "— (none)",
+            help="draw a second layer under this one over the same steps, with the cells on "
+            "over the same range",
         )
-        if tuple(chosen) != view.tracks:
-            accept("tracks", chosen)
-            view = replace(view, tracks=tuple(chosen))
+        if (compare or None) != view.compare:
+            accept("compare", compare)
+            view = replace(view, compare=compare or None)
             set_view(view)
     with sb.expander("Cells by hand"):
         text = st.text_input(
@@ -199,6 +203,48 @@ def _controls(view: ViewState, manifest: dict[str, Any], layer: dict[str, Any]) 
             else:
                 set_view(replace(view, cells=cells, range=None, hl=None))
                 st.rerun()
+    return view
+
+
+def _track_toggles(view: ViewState, manifest: dict[str, Any]) -> ViewState:
+    """Every meta track of the dataset as a toggle (any number on, in the order the dataset
+    lists them), and the mask switch. Track names in the link that the dataset does not have
+    are reported and dropped."""
+    tracks = track_infos(manifest)
+    stale = [t for t in view.tracks if t not in tracks]
+    if stale:
+        st.warning(
+            f"Track(s) {', '.join(stale)} not in this dataset (a stale link?); not shown.",
+            icon="🏷️",
+        )
+        view = replace(view, tracks=tuple(t for t in view.tracks if t in tracks))
+        set_view(view, history=False)
+    if not tracks:
+        return view
+    c1, c2 = st.columns([6, 1], vertical_alignment="bottom")
+    chosen = c1.pills(
+        "Meta tracks (click to switch on/off)",
+        list(tracks),
+        selection_mode="multi",
+        key=bound("tracks", list(view.tracks)),
+        format_func=lambda n: f"{n} ({tracks[n]['kind']})",
+    )
+    chosen = [t for t in tracks if t in (chosen or [])]
+    if tuple(chosen) != view.tracks:
+        accept("tracks", chosen)
+        view = replace(view, tracks=tuple(chosen))
+        set_view(view)
+    mask = c2.toggle(
+        "mask",
+        key=bound("mask", view.mask),
+        help="fade the tracks where few selected cells are on (opacity 0.2 .. 1 by the "
+        "on-count under the words)",
+        disabled=not view.tracks,
+    )
+    if mask != view.mask:
+        accept("mask", mask)
+        view = replace(view, mask=bool(mask))
+        set_view(view, history=False)
     return view
 
 
@@ -294,15 +340,62 @@ def _track_rows(
     return rows
 
 
+def _binned_track_rows(
+    ds_id: str, view: ViewState, tracks_meta: dict[str, dict[str, Any]], edges: list[int]
+) -> list[charts.TrackRows]:
+    """The view's discrete and scalar tracks at the summary's bins (top-K tracks have no binned
+    form: they show when zoomed in)."""
+    ws, we = edges[0], edges[-1]
+    wanted = [n for n in view.tracks if n in tracks_meta]
+    if not wanted:
+        return []
+    if we - ws > MAX_BINNED_TRACK_STEPS:
+        st.caption(
+            f"Meta tracks are drawn for windows up to {MAX_BINNED_TRACK_STEPS:,} steps; "
+            "zoom in (A+) to see them."
+        )
+        return []
+    rows: list[charts.TrackRows] = []
+    for name in wanted:
+        info = tracks_meta[name]
+        if info["kind"] not in ("discrete", "scalar"):
+            continue
+        try:
+            tw = api.track(api.base_url(), ds_id, name, ws, we)
+        except api.ApiError as exc:
+            st.warning(f"track {name}: {exc.message}")
+            continue
+        row = charts.binned_track_rows(
+            name,
+            str(tw.get("kind") or info["kind"]),
+            edges,
+            labels=tw.get("labels"),
+            label_names=tw.get("label_names") or info.get("labels"),
+            values=tw.get("values"),
+        )
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
 def _selection(
-    view: ViewState, ds_id: str, ws: int, we: int, values: np.ndarray[Any, Any] | None
+    view: ViewState,
+    ds_id: str,
+    ws: int,
+    we: int,
+    values: np.ndarray[Any, Any] | None,
+    layer: str | None = None,
 ) -> tuple[list[int], list[int] | None, str | None]:
     """S1 and the per-step on-counts over the window: from the server's select when a range is
-    brushed, else the hand-picked cells (counts from the window's values)."""
+    brushed, else the hand-picked cells (counts from the window's values). ``layer`` selects
+    on another layer than the view's over the same range (hand-picked cells belong to the
+    view's layer only)."""
+    if layer is not None and view.range is None:
+        return [], None, None
     if view.range is not None:
         a, b = view.range
         query = {
-            "layer": view.layer,
+            "layer": layer or view.layer,
             "start": a,
             "end": b,
             "threshold": view.threshold,
@@ -311,17 +404,19 @@ def _selection(
             "window_start": ws,
             "window_end": we,
         }
-        # a per-session memo of the last select (not a cache: POSTs are never cached)
+        # a per-session memo of the last selects (not a cache: POSTs are never cached)
         memo_key = api.dumps([api.base_url(), ds_id, query])
-        memo = st.session_state.get("_select_memo")
-        if memo and memo[0] == memo_key:
-            res = memo[1]
+        memo: dict[str, Any] = st.session_state.setdefault("_select_memo", {})
+        if memo_key in memo:
+            res = memo[memo_key]
         else:
             try:
                 res = api.client().select(ds_id, query)
             except api.ApiError as exc:
                 return [], None, exc.message
-            st.session_state["_select_memo"] = (memo_key, res)
+            memo[memo_key] = res
+            while len(memo) > SELECT_MEMO:
+                memo.pop(next(iter(memo)))
         cells = [int(c) for c in res.get("cells", [])]
         counts = res.get("counts")
         if counts is not None and int(res.get("window_start", ws)) == ws and len(counts) == we - ws:
@@ -338,6 +433,140 @@ def _counts(
         return None
     idx = [c for c in cells if c < values.shape[1]]
     return [int(x) for x in (values[:, idx] >= threshold).sum(axis=1)]
+
+
+def _summary_plot(
+    view: ViewState,
+    manifest: dict[str, Any],
+    layer: dict[str, Any],
+    ws: int,
+    we: int,
+    *,
+    key: str,
+    compare: bool = False,
+) -> tuple[list[int], str | None] | None:
+    """A long window of ``layer`` as per-bin min/max bands; returns (S1, select error), or
+    ``None`` after showing an API error."""
+    ds_id = str(manifest["id"])
+    name = str(layer.get("name"))
+    try:
+        summ = api.summary(
+            api.base_url(), ds_id, name, ws, we, SUMMARY_BINS, int(layer.get("n_cells", 64))
+        )
+    except api.ApiError as exc:
+        show_api_error(exc, where=f"reading the summary of {name}")
+        return None
+    cells_sel, _counts_unused, select_error = _selection(
+        view, ds_id, ws, we, None, layer=name if compare else None
+    )
+    yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), summ["maxs"])
+    track_rows = (
+        []
+        if compare
+        else _binned_track_rows(ds_id, view, track_infos(manifest), summ["bin_starts"])
+    )
+    fig = charts.summary_figure(
+        bin_starts=summ["bin_starts"],
+        cells=summ["cells"],
+        mins=summ["mins"],
+        maxs=summ["maxs"],
+        selected=cells_sel,
+        highlight=None if compare else view.hl,
+        threshold=view.threshold,
+        brush=view.range,
+        yrange=yr,
+        tracks=track_rows,
+    )
+    event = st.plotly_chart(
+        fig, key=key, on_select="rerun", selection_mode="box", config={"displaylogo": False}
+    )
+    _apply_box(view, event, ws, we)
+    return cells_sel, select_error
+
+
+def _window_plot(
+    view: ViewState,
+    manifest: dict[str, Any],
+    layer: dict[str, Any],
+    ws: int,
+    we: int,
+    texts: list[str],
+    *,
+    key: str,
+    compare: bool = False,
+) -> tuple[list[int], str | None] | None:
+    """The cells of ``layer`` over the window with the words, the on-counts and (for the
+    view's own layer) the meta tracks; returns (S1, select error), or ``None`` after showing
+    an API error."""
+    ds_id = str(manifest["id"])
+    name = str(layer.get("name"))
+    try:
+        window = api.states(api.base_url(), ds_id, name, ws, we)
+    except api.ApiError as exc:
+        show_api_error(exc, where=f"reading the window of {name}")
+        return None
+    values = window["values"]
+    cells_sel, counts, select_error = _selection(
+        view, ds_id, ws, we, values, layer=name if compare else None
+    )
+    yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), values)
+    track_rows = [] if compare else _track_rows(ds_id, view, track_infos(manifest), ws, we)
+    fig = charts.select_figure(
+        start=ws,
+        texts=texts,
+        values=values,
+        cells=window["cells"],
+        selected=cells_sel,
+        highlight=None if compare else view.hl,
+        threshold=view.threshold,
+        brush=view.range,
+        off=view.off,
+        counts=counts,
+        tracks=track_rows,
+        yrange=yr,
+        mask=view.mask,
+    )
+    event = st.plotly_chart(
+        fig,
+        key=key,
+        on_select="rerun",
+        selection_mode="box",
+        config={"displaylogo": False, "scrollZoom": False},
+    )
+    _apply_box(view, event, ws, we)
+    return cells_sel, select_error
+
+
+def _compare(
+    view: ViewState, manifest: dict[str, Any], ws: int, we: int, texts: list[str] | None
+) -> None:
+    """The second layer, side by side with the first (stacked, over the same steps): its
+    cells, and those of its cells that are on over the same range with the same off extents."""
+    other = layer_info(manifest, view.compare)
+    if not other:
+        return
+    st.markdown(
+        f"**Compare: layer {view.compare}** ({other.get('n_cells')} cells, "
+        f"{other.get('transform', 'none')}) over the same steps"
+    )
+    if texts is None:
+        got = _summary_plot(view, manifest, other, ws, we, key="compare-summary", compare=True)
+    else:
+        got = _window_plot(view, manifest, other, ws, we, texts, key="compare-plot", compare=True)
+    if got is None:
+        return
+    cells, error = got
+    if error:
+        st.warning(f"Selection on {view.compare} not possible: {error}")
+    elif view.range is not None:
+        a, b = view.range
+        listed = ", ".join(map(str, cells[:60])) + (" …" if len(cells) > 60 else "")
+        st.caption(
+            f"{len(cells)} cells of {view.compare} on over [{a:,}, {b:,}) with the same θ and "
+            f"off extents{': ' + listed if cells else ''}"
+        )
+    else:
+        st.caption(f"Brush a range to see which cells of {view.compare} are on over it.")
 
 
 def render() -> None:
@@ -359,6 +588,12 @@ def render() -> None:
         st.warning(f"Position {view.pos:,} is past the end ({n_steps:,} steps); showing the start.")
         view = replace(view, pos=0)
         set_view(view, history=False)
+    if view.compare is not None and (
+        view.compare == view.layer or not layer_info(manifest, view.compare)
+    ):
+        st.warning(f"Layer **{view.compare}** cannot be compared here; showing one layer.")
+        view = replace(view, compare=None)
+        set_view(view, history=False)
     seqs = _sequence_refs(manifest)
     view = _controls(view, manifest, layer)
     _search(view, ds_id)
@@ -370,95 +605,39 @@ def render() -> None:
         f"word width {view.cw:g}px"
     )
     _navigation(view, n_steps, seqs)
-    yr_data: np.ndarray[Any, Any]
-    summary_mode = we - ws > SUMMARY_ABOVE
-    if summary_mode:
-        try:
-            summ = api.summary(
-                api.base_url(),
-                ds_id,
-                str(view.layer),
-                ws,
-                we,
-                SUMMARY_BINS,
-                int(layer.get("n_cells", 64)),
-            )
-        except api.ApiError as exc:
-            show_api_error(exc, where="reading the summary")
-            return
-        cells_sel, _counts_unused, select_error = _selection(view, ds_id, ws, we, None)
-        yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), summ["maxs"])
-        fig = charts.summary_figure(
-            bin_starts=summ["bin_starts"],
-            cells=summ["cells"],
-            mins=summ["mins"],
-            maxs=summ["maxs"],
-            selected=cells_sel,
-            highlight=view.hl,
-            threshold=view.threshold,
-            brush=view.range,
-            yrange=yr,
-        )
+    view = _track_toggles(view, manifest)
+    texts: list[str] | None = None
+    if we - ws > SUMMARY_ABOVE:
         st.caption(
-            f"{we - ws:,} steps: per-bin min..max of every cell (grey) and of the selected cells "
-            "(blue). Zoom in (A+) to see words, the on-count row and meta tracks."
+            f"{we - ws:,} steps in {SUMMARY_BINS} bins: per-bin min..max of every cell (grey "
+            "lines) and of the selected cells (blue bands); discrete tracks as the share of "
+            "each label per bin, scalar tracks as bin means. Zoom in (A+) to see the words."
         )
-        event = st.plotly_chart(
-            fig,
-            key="summary-plot",
-            on_select="rerun",
-            selection_mode="box",
-            config={"displaylogo": False},
-        )
-        _apply_box(view, event, ws, we)
+        got = _summary_plot(view, manifest, layer, ws, we, key="summary-plot")
     else:
         try:
-            window = api.states(api.base_url(), ds_id, str(view.layer), ws, we)
             toks = (
                 api.tokens(api.base_url(), ds_id, ws, we)
                 if manifest.get("has_tokens", True)
                 else None
             )
-        except api.NotFound as exc:
-            show_api_error(exc, where="reading the window")
-            return
         except api.ApiError as exc:
-            show_api_error(exc, where="reading the window")
+            show_api_error(exc, where="reading the words")
             return
         texts = toks["texts"] if toks else [str(t) for t in range(ws, we)]
         if len(texts) < we - ws:
             texts = texts + [""] * (we - ws - len(texts))
-        values = window["values"]
-        cells_sel, counts, select_error = _selection(view, ds_id, ws, we, values)
-        yr_data = values
-        yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), yr_data)
-        track_rows = _track_rows(ds_id, view, track_infos(manifest), ws, we)
-        fig = charts.select_figure(
-            start=ws,
-            texts=texts,
-            values=values,
-            cells=window["cells"],
-            selected=cells_sel,
-            highlight=view.hl,
-            threshold=view.threshold,
-            brush=view.range,
-            off=view.off,
-            counts=counts,
-            tracks=track_rows,
-            yrange=yr,
-        )
-        event = st.plotly_chart(
-            fig,
-            key="select-plot",
-            on_select="rerun",
-            selection_mode="box",
-            config={"displaylogo": False, "scrollZoom": False},
-        )
-        _apply_box(view, event, ws, we)
+        got = _window_plot(view, manifest, layer, ws, we, texts, key="select-plot")
+    if got is None:
+        return
+    cells_sel, select_error = got
+    if texts is not None:
         view = _range_control(view, ws, we, texts)
     if select_error:
         st.warning(f"Selection not possible: {select_error}")
     _cell_list(view, cells_sel)
+    if view.compare:
+        _compare(view, manifest, ws, we, texts)
 
 
 def _cell_list(view: ViewState, cells: list[int]) -> None:
