@@ -3,6 +3,7 @@ everything else is in :mod:`hiddenscope_ingest.service`."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -53,20 +54,39 @@ class PathIngestRequest(BaseModel):
     path: str = Field(description="server-side directory holding the files the manifest names")
 
 
+class ShardProgress(BaseModel):
+    phase: str = Field(description="write (Parquet parts, values) | index (on-planes)")
+    done: int = Field(description="layer shards of this phase done")
+    total: int = Field(description="layer shards of this phase (layers x shards)")
+
+
 class JobResource(JobResourceBase):
     """An ingest job at ``/v1/jobs/{id}`` (the job resource both services share; ids
-    ``ingest-…``); ``progress`` counts converted chunks, ``attempts`` worker claims."""
+    ``ingest-…``); ``progress`` counts steps of the input arrays converted (a layer counts
+    twice: written, then indexed), ``attempts`` worker claims."""
 
     result: dict[str, Any] | None = Field(
         default=None, description="on success: {dataset: {id, name, ..., location}}"
     )
+    steps_per_second: float | None = Field(
+        default=None, description="progress.done per second of running (null before it runs)"
+    )
+    shards: ShardProgress | None = Field(
+        default=None, description="the layer shards of the current (or last) phase"
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobResource:
+    def of(cls, job: Job, shards: str | None = None) -> JobResource:
         base = cls.common(job)
         if job.result and isinstance(job.result.get("dataset"), dict):
             base["links"]["dataset"] = str(job.result["dataset"].get("location", ""))
-        return cls(**base, result=job.result)
+        rate = None
+        if job.started_at is not None and job.progress.done:
+            end = job.finished_at or datetime.now(UTC)
+            elapsed = (end - job.started_at).total_seconds()
+            rate = round(job.progress.done / elapsed, 1) if elapsed > 0 else None
+        shard_progress = ShardProgress.model_validate_json(shards) if shards else None
+        return cls(**base, result=job.result, steps_per_second=rate, shards=shard_progress)
 
 
 class DatasetList(BaseModel):
@@ -246,7 +266,8 @@ async def get_job(
         job = await run_in_threadpool(service.job, job_id)
     if not job.terminal:
         response.headers["Retry-After"] = "1"
-    return JobResource.of(job)
+    shards = await run_in_threadpool(service.store.get_note, job_id, "shards")
+    return JobResource.of(job, shards)
 
 
 @router.post(

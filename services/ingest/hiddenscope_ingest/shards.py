@@ -155,13 +155,20 @@ class _Holding:
 
 
 def _work_off(
-    board: ShardBoard, tasks: list[LayerTask], phase: str, work: Work, owner: str, lease: float
+    board: ShardBoard,
+    tasks: list[LayerTask],
+    phase: str,
+    work: Work,
+    owner: str,
+    lease: float,
+    after_each: Callable[[], object],
 ) -> None:
-    """Claim and run tasks until none is left to claim."""
+    """Claim and run tasks until none is left to claim, calling ``after_each()`` after each."""
     while (i := board.claim(owner, lease)) is not None:
         with _Holding(board, i, owner, lease):
             work(phase, tasks[i])
         board.done(i)
+        after_each()
 
 
 def board_runner(
@@ -174,7 +181,9 @@ def board_runner(
 ) -> Callable[[DatasetWriter, str, list[LayerTask], Work, Callable[[int], None]], None]:
     """The ``run_shards`` of the job's own worker: post the phase, call ``spawn_helpers(
     build_id, phase, n)`` for ``n`` helper tasks, work tasks off, then wait for the helpers'
-    tasks (taking over any whose worker died) and raise a helper's problem if one failed."""
+    tasks (taking over any whose worker died) and raise a helper's problem if one failed.
+    After every task and every poll it reports progress (which also checks for a
+    cancellation) and notes the phase's shard counts on the job (``shards``)."""
     lease = float(settings.lease_seconds)
 
     def run(
@@ -183,21 +192,33 @@ def board_runner(
     ) -> None:  # fmt: skip
         board = ShardBoard(store, job_id, writer.id, phase)
         board.post(len(tasks))
+        ranges = writer.shard_ranges()
+        seen = -1
+
+        def report() -> bool:
+            """Progress so far; True when every task of the phase is done."""
+            nonlocal seen
+            n, done, problems = board.state()
+            if problems:
+                raise ShardFailed(problems[0])
+            if done != seen:
+                note = {"phase": phase, "done": done, "total": n}
+                store.set_note(job_id, "shards", json.dumps(note))
+                # steps of the newly done tasks (shards are equal but for the last one)
+                tick(sum(ranges[tasks[i][1]][1] - ranges[tasks[i][1]][0]
+                         for i in range(max(seen, 0), done)))  # fmt: skip
+                seen = done
+            else:
+                tick(0)  # still reports: renews the lease and sees a cancellation
+            return done == n
+
         try:
             if spawn_helpers is not None and len(tasks) > 1:
                 spawn_helpers(writer.id, phase, min(len(tasks) - 1, settings.max_shard_helpers))
-            ranges = writer.shard_ranges()
-            seen_done = 0
+            report()
             while True:
-                _work_off(board, tasks, phase, work, owner, lease)
-                n, done, problems = board.state()
-                if problems:
-                    raise ShardFailed(problems[0])
-                steps = sum(ranges[tasks[i][1]][1] - ranges[tasks[i][1]][0]
-                            for i in range(seen_done, done))  # fmt: skip
-                seen_done = done
-                tick(steps)  # progress (and the job's cancellation check) also while waiting
-                if done == n:
+                _work_off(board, tasks, phase, work, owner, lease, report)
+                if report():
                     return
                 time.sleep(poll_seconds)
         finally:

@@ -76,6 +76,10 @@ def test_a_conversion_is_shared_by_the_pool(
     c, h = states(60_000, 8, seed=21), states(60_000, 5, seed=22)
     c[4000:4200, 3] = 0.9  # a run across a shard edge
     job = ingest_ok(client, _two_layers("shared"), {"c.npy": npy_bytes(c), "h.npy": npy_bytes(h)})
+    # 15 shards of each of 2 layers; the job resource says so, and how fast it went
+    assert job["shards"] == {"phase": "index", "done": 30, "total": 30}
+    assert job["progress"]["done"] == job["progress"]["total"] == 60_000 * 4
+    assert job["steps_per_second"] > 0
     ds = open_published(ingest_stack.data_root, "shared")
     np.testing.assert_array_equal(ds.window("c", 0, 60_000), c)
     np.testing.assert_array_equal(ds.window("h", 0, 60_000), np.tanh(h))
