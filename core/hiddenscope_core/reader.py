@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from hiddenscope_core import bits
 from hiddenscope_core.errors import InvalidQuery, NotFound
 from hiddenscope_core.models import DatasetManifest, LayerInfo
+from hiddenscope_core.summary import SUMMARY_CHUNK_STEPS, TrackSummaryAccumulator, bin_edges
 from hiddenscope_core.transforms import transform_values, values_dtype
 from hiddenscope_core.writer import QUANTILE_COLUMNS, ROW_GROUP_STEPS, interval_glob
 
@@ -220,6 +222,37 @@ class Dataset:
         table = f.read_row_groups(list(range(rg0, rg1 + 1)), columns=columns, use_threads=False)
         return table.slice(start - int(firsts[rg0]), end - start)
 
+    def _aux_batches(
+        self, rel: str, start: int, end: int, columns: list[str], batch_rows: int
+    ) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Rows ``[start, end)`` of a tokens/track file as consecutive record batches of at most
+        ``batch_rows`` rows, each with its first step: only the row groups holding the range are
+        read, one batch at a time (memory bounded by ``batch_rows``, not by the range). A fresh
+        file handle per call, so concurrent readers of one ``Dataset`` do not share a reader."""
+        self._check_range(start, end)
+        _cached, firsts = self._aux_file(rel)
+        rg0 = int(np.searchsorted(firsts, start, side="right")) - 1
+        rg1 = int(np.searchsorted(firsts, end - 1, side="right")) - 1
+        f = pq.ParquetFile(self.path / rel, memory_map=True)
+        try:
+            t = int(firsts[rg0])
+            batches = f.iter_batches(
+                batch_size=max(1, batch_rows),
+                row_groups=list(range(rg0, rg1 + 1)),
+                columns=columns,
+                use_threads=False,
+            )
+            for batch in batches:
+                n = batch.num_rows
+                lo, hi = max(start, t), min(end, t + n)
+                if hi > lo:
+                    yield lo, batch.slice(lo - t, hi - lo)
+                t += n
+                if t >= end:
+                    break
+        finally:
+            f.close()
+
     def tokens(self, start: int, end: int) -> npt.NDArray[np.int32]:
         """Token ids of steps ``[start, end)``, int32. Raises ``NotFound`` without tokens."""
         if not self.manifest.has_tokens:
@@ -264,6 +297,42 @@ class Dataset:
             flat = np.concatenate(vals) if vals else np.empty(0, dt)
             out[col] = flat.astype(dt).reshape(-1, k)
         return out
+
+    def track_summary(
+        self,
+        name: str,
+        start: int,
+        end: int,
+        bins: int,
+        *,
+        batch_rows: int = SUMMARY_CHUNK_STEPS,
+    ) -> tuple[npt.NDArray[np.int64], dict[str, npt.NDArray[Any]]]:
+        """A meta track over ``[start, end)`` in ``min(bins, end - start)`` equal-width bins,
+        streamed from its Parquet row groups ``batch_rows`` rows at a time (memory bounded by
+        ``batch_rows`` and the bins). Returns the bin edges (``bins + 1``, int64) and the
+        per-bin arrays of :class:`hiddenscope_core.summary.TrackSummaryAccumulator`: discrete
+        ``label_counts`` ``(bins, n_labels)`` and ``unlabelled``; scalar ``mins``, ``maxs``,
+        ``means`` (finite values; NaN where none) and ``counts``; topk ``mode_ids`` and
+        ``mode_counts`` (the most frequent top-1 id per bin, ties to the smallest id).
+
+        Raises:
+            NotFound: unknown track. InvalidQuery: range outside [0, T), bins < 1.
+        """
+        info = self.manifest.track(name)
+        self._check_range(start, end)
+        edges = bin_edges(start, end, bins)
+        acc = TrackSummaryAccumulator(info, edges)
+        column = {"discrete": "label", "scalar": "value"}.get(info.kind, "ids")
+        k = info.k or 1
+        rel = f"tracks/{name}.parquet"
+        for c0, batch in self._aux_batches(rel, start, end, [column], batch_rows):
+            col = batch.column(0)
+            if info.kind == "topk":
+                flat = col.flatten().to_numpy(zero_copy_only=False)  # the slice's K x n ids
+                acc.add(c0, flat.reshape(-1, k)[:, 0])
+            else:
+                acc.add(c0, col.to_numpy(zero_copy_only=False))
+        return edges, acc.result()
 
     # -- the DuckDB index
 

@@ -1,7 +1,8 @@
-"""Brute-force reference of SPEC §2 (select and match) on a dense matrix.
+"""Brute-force reference of SPEC §2 (select and match) and of the long-range summaries (SPEC §6:
+meta tracks and on-counts per bin) on a dense matrix.
 
 Written for clarity, not speed, and independently of the implementation in
-``hiddenscope_core.{select,match}``: every test of those kernels compares against this file.
+``hiddenscope_core.{select,match,summary}``: every test of those kernels compares against this file.
 
 The only shared piece is ``transform_values`` (the one numeric definition of ``v``); the
 comparison ``on = float64(v) >= θ`` (NaN off) is done here.
@@ -17,6 +18,7 @@ Conventions (SPEC §2, docs/architecture.md):
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -259,3 +261,91 @@ def ref_match(
         strict_length_histogram=histogram(strict_lengths),
         ranked=hits,
     )
+
+
+# ------------------------------------------------------------------------- long-range summaries
+
+
+def ref_bin_edges(start: int, end: int, bins: int) -> list[int]:
+    """``nb = min(bins, end - start)`` equal-width bins: edge ``i`` is ``start + i·(end −
+    start)/nb`` rounded half to even (Python's ``round``), so bin ``i`` is ``[edge_i,
+    edge_{i+1})``."""
+    assert 0 <= start < end
+    assert bins >= 1
+    nb = min(bins, end - start)
+    width = (end - start) / nb
+    edges = [round(start + i * width) for i in range(nb + 1)]
+    edges[-1] = end
+    assert all(a < b for a, b in itertools.pairwise(edges)), edges
+    return edges
+
+
+@dataclass
+class RefTrackSummary:
+    # discrete
+    label_counts: list[list[int]] = field(default_factory=list)  # [bin][label]
+    unlabelled: list[int] = field(default_factory=list)
+    # scalar (over the finite values; None where a bin has none)
+    mins: list[float | None] = field(default_factory=list)
+    maxs: list[float | None] = field(default_factory=list)
+    means: list[float | None] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    # topk: the most frequent top-1 id of the bin (ties: the smallest) and its count
+    mode_ids: list[int] = field(default_factory=list)
+    mode_counts: list[int] = field(default_factory=list)
+
+
+def ref_track_summary(
+    kind: str, rows: npt.ArrayLike, edges: list[int], n_labels: int = 0
+) -> RefTrackSummary:
+    """A meta track per bin, one bin and one step at a time. ``rows`` holds the track's rows
+    for *all* steps: labels (discrete, -1 = none), values (scalar) or ``(T, K)`` ids (topk)."""
+    data = np.asarray(rows)
+    out = RefTrackSummary()
+    for lo, hi in itertools.pairwise(edges):
+        part = data[lo:hi]
+        if kind == "discrete":
+            labels = [int(x) for x in part]
+            out.label_counts.append([labels.count(i) for i in range(n_labels)])
+            out.unlabelled.append(labels.count(-1))
+        elif kind == "scalar":
+            finite = [float(x) for x in part if math.isfinite(float(x))]
+            out.counts.append(len(finite))
+            out.mins.append(min(finite) if finite else None)
+            out.maxs.append(max(finite) if finite else None)
+            out.means.append(math.fsum(finite) / len(finite) if finite else None)
+        else:
+            tally: dict[int, int] = {}
+            for row in part:
+                tally[int(row[0])] = tally.get(int(row[0]), 0) + 1
+            best = max(tally.values())
+            out.mode_ids.append(min(i for i, c in tally.items() if c == best))
+            out.mode_counts.append(best)
+    return out
+
+
+@dataclass
+class RefOnCount:
+    mins: list[int]
+    maxs: list[int]
+    means: list[float]
+
+
+def ref_on_count_summary(
+    raw: npt.ArrayLike,
+    transform: Transform,
+    cells: list[int],
+    threshold: float,
+    edges: list[int],
+) -> RefOnCount:
+    """Per bin: the least, greatest and mean (over the bin's steps) number of ``cells`` on."""
+    on = on_matrix(raw, transform, threshold)
+    sel = sorted(set(cells))
+    n = [sum(1 for c in sel if on[t, c]) for t in range(on.shape[0])]
+    mins, maxs, means = [], [], []
+    for lo, hi in itertools.pairwise(edges):
+        part = n[lo:hi]
+        mins.append(min(part))
+        maxs.append(max(part))
+        means.append(sum(part) / len(part))
+    return RefOnCount(mins=mins, maxs=maxs, means=means)

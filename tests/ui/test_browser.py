@@ -238,7 +238,8 @@ def test_long_range_shows_bands_and_binned_tracks(page: Page, ui_url: str) -> No
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
     _no_traceback(page)
     data = _plot_data(page, 0)["data"]
-    assert [t["name"] for t in data if t["type"] == "heatmap"] == ["nesting"]
+    # the selected cells' on-count per bin, then the track per bin
+    assert [t["name"] for t in data if t["type"] == "heatmap"] == ["on-count", "nesting"]
     assert any(str(t["name"]).startswith("cell ") for t in data)  # the selected cells' bands
     _shot(page, "select-summary.png")
 

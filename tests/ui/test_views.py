@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.ui.conftest import page_text as _text
 from tests.ui.figures import array as _arr
-from tests.ui.stack import PLANTED_CELLS, UiStack
+from tests.ui.stack import PLANTED_CELLS, VOCAB, UiStack
 
 App = Callable[..., AppTest]
 
@@ -161,8 +161,10 @@ def test_long_range_shows_tracks_per_bin(app: App, ui_stack: UiStack) -> None:
     assert not at.error, [e.value for e in at.error]
     (fig,) = _figures(at)
     heat = {t["name"]: t for t in fig["data"] if t["type"] == "heatmap"}
-    assert set(heat) == {"pos", "loss"}  # top-K has no binned form
+    assert set(heat) == {"pos", "loss", "next"}  # every kind, top-K as its top-1 per bin
+    assert "on-count" not in heat  # no cells selected
     assert heat["pos"]["y"] == ["pos=NOUN", "pos=VERB", "pos=DET", "pos=ADJ"]
+    assert heat["next"]["y"] == ["next top-1"]
     share = _arr(heat["pos"]["z"])
     assert np.allclose(share.sum(axis=0), 1.0)  # every step has one label
     # against the API's own numbers: the first bin's loss mean and pos shares
@@ -176,6 +178,15 @@ def test_long_range_shows_tracks_per_bin(app: App, ui_stack: UiStack) -> None:
         f"{ui_stack.url}/v1/datasets/demo/tracks/pos", params={"start": 0, "end": width}
     ).json()
     assert share[:, 0] == pytest.approx(np.bincount(pos["label"], minlength=4) / width)
+    # top-K: the first bin's most frequent top-1 word, and the share of steps it is top-1
+    nxt = httpx.get(
+        f"{ui_stack.url}/v1/datasets/demo/tracks/next", params={"start": 0, "end": width}
+    ).json()
+    top1 = np.asarray(nxt["ids"])[:, 0]
+    counts = np.bincount(top1)
+    mode = int(np.argmax(counts))  # ties: the smallest id
+    assert heat["next"]["text"][0][0] == f"{VOCAB[mode]} ({counts[mode] / width:.0%} of the bin)"
+    assert _arr(heat["next"]["z"])[0, 0] == pytest.approx(counts[mode] / width)
 
 
 def test_phrase_search_jumps_to_a_hit(app: App, ui_stack: UiStack) -> None:

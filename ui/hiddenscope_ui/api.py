@@ -22,6 +22,12 @@ in :data:`PATHS`::
     GET    /v1/datasets/{ds}/tokens                       ?start&end -> ids, texts     (match)
     GET    /v1/datasets/{ds}/vocab                        ?ids=1,2 -> texts            (match)
     GET    /v1/datasets/{ds}/tracks/{track}               ?start&end                   (match)
+    GET    /v1/datasets/{ds}/tracks/{track}/summary       ?start&end&bins -> per-bin label
+                                                          counts / min, max, mean / top-1
+                                                          mode (match)
+    GET    /v1/datasets/{ds}/layers/{layer}/on-count/summary
+                                                          ?cells&threshold&start&end&bins ->
+                                                          per-bin min, max, mean on-count
     POST   /v1/datasets/{ds}/select                       SelectQuery -> SelectResult  (match)
     GET    /v1/datasets/{ds}/search                       ?q&limit -> positions; 503 +
                                                           Retry-After while its index builds
@@ -62,6 +68,8 @@ PATHS = {
     "tokens": "/v1/datasets/{ds}/tokens",
     "vocab": "/v1/datasets/{ds}/vocab",
     "track": "/v1/datasets/{ds}/tracks/{track}",
+    "track_summary": "/v1/datasets/{ds}/tracks/{track}/summary",
+    "on_count_summary": "/v1/datasets/{ds}/layers/{layer}/on-count/summary",
     "select": "/v1/datasets/{ds}/select",
     "search": "/v1/datasets/{ds}/search",
     "match": "/v1/datasets/{ds}/matches",
@@ -115,6 +123,10 @@ class ServerError(ApiError):
 
 class JobFailed(ApiError):
     """A job ended ``failed`` or ``cancelled``; ``message`` is its problem's detail."""
+
+
+class MissingEndpoint(NotFound):
+    """The API has no such endpoint (an older API): the caller may fall back."""
 
 
 def _problem_message(resp: httpx.Response) -> tuple[str, str | None]:
@@ -214,6 +226,44 @@ class TrackWindow(TypedDict, total=False):
     texts: list[list[str]]
     """topk: (n, K) predicted token texts"""
     scores: list[list[float]]
+
+
+class TrackSummary(TypedDict, total=False):
+    """A meta track per bin over a long range (the fields of its kind are set)."""
+
+    name: str
+    kind: str
+    start: int
+    end: int
+    bin_starts: list[int]
+    """``len = bins + 1``: bin ``i`` covers steps ``[bin_starts[i], bin_starts[i+1])``."""
+    label_names: list[str]
+    label_counts: list[list[int]]
+    """discrete: ``[bin][label]`` steps with each label"""
+    unlabelled: list[int]
+    mins: list[float | None]
+    maxs: list[float | None]
+    means: list[float | None]
+    """scalar: per bin over the finite values (``None``: none in the bin)"""
+    counts: list[int]
+    mode_ids: list[int]
+    """topk: the id most often ranked first in each bin"""
+    mode_counts: list[int]
+    mode_texts: list[str]
+
+
+class OnCountSummary(TypedDict):
+    """Per bin: the least / greatest / mean number of ``cells`` on at one step."""
+
+    start: int
+    end: int
+    bin_starts: list[int]
+    cells: list[int]
+    threshold: float
+    on_grid: bool
+    mins: list[int]
+    maxs: list[int]
+    means: list[float]
 
 
 @dataclass(frozen=True)
@@ -622,6 +672,93 @@ class HiddenScopeApi:
                 out["texts"] = [[words.get(i, f"#{i}") for i in row] for row in out["ids"]]
         return out
 
+    def _summary_json(self, path: str, what: str, **params: Any) -> dict[str, Any]:
+        """GET a summary endpoint; :class:`MissingEndpoint` if the API has none (a 404 that
+        is not about an unknown dataset, layer or track; or a 405)."""
+        try:
+            body = self.get_json(path, **params)
+        except NotFound as exc:
+            low = exc.message.lower()
+            if any(w in low for w in ("unknown track", "unknown layer", "no dataset")):
+                raise
+            raise MissingEndpoint(
+                f"the API has no {what} endpoint ({path})", status=exc.status
+            ) from None
+        except BadRequest as exc:
+            if exc.status == 405:
+                raise MissingEndpoint(
+                    f"the API has no {what} endpoint ({path})", status=405
+                ) from None
+            raise
+        if not isinstance(body, dict) or "bin_starts" not in body:
+            raise ServerError(f"unexpected {what} for {path}")
+        return cast(dict[str, Any], body)
+
+    def track_summary(self, ds: str, track: str, start: int, end: int, bins: int) -> TrackSummary:
+        """A meta track per bin (``GET …/tracks/{track}/summary``); top-K mode ids get their
+        texts from the vocabulary when the API sends none. Raises :class:`MissingEndpoint`
+        against an API without the endpoint."""
+        path = self.path("track_summary", ds=ds, track=track)
+        body = self._summary_json(path, "track summary", start=start, end=end, bins=bins)
+        out = TrackSummary(
+            name=str(body.get("name", track)),
+            kind=str(body.get("kind", "")),
+            start=int(body.get("start", start)),
+            end=int(body.get("end", end)),
+            bin_starts=[int(x) for x in body["bin_starts"]],
+        )
+        if body.get("labels") is not None:
+            out["label_names"] = [str(x) for x in body["labels"]]
+        for key in ("label_counts", "unlabelled", "mins", "maxs", "means", "counts"):
+            if body.get(key) is not None:
+                out[key] = body[key]  # type: ignore[literal-required,unused-ignore]
+        for key in ("mode_ids", "mode_counts", "mode_texts"):
+            if body.get(key) is not None:
+                out[key] = body[key]  # type: ignore[literal-required,unused-ignore]
+        if out.get("mode_ids") and not out.get("mode_texts"):
+            try:
+                words = self.vocab(ds, sorted(set(out["mode_ids"])))
+            except NotFound:  # no vocabulary: the UI shows #id
+                words = {}
+            if words:
+                out["mode_texts"] = [words.get(i, f"#{i}") for i in out["mode_ids"]]
+        return out
+
+    def on_count_summary(
+        self,
+        ds: str,
+        layer: str,
+        cells: Sequence[int],
+        threshold: float,
+        start: int,
+        end: int,
+        bins: int,
+    ) -> OnCountSummary:
+        """Per bin: min / max / mean of how many of ``cells`` are on at ``threshold``
+        (``GET …/layers/{layer}/on-count/summary``). Raises :class:`MissingEndpoint` against
+        an API without the endpoint."""
+        path = self.path("on_count_summary", ds=ds, layer=layer)
+        body = self._summary_json(
+            path,
+            "on-count summary",
+            cells=",".join(str(int(c)) for c in cells),
+            threshold=threshold,
+            start=start,
+            end=end,
+            bins=bins,
+        )
+        return OnCountSummary(
+            start=int(body["start"]),
+            end=int(body["end"]),
+            bin_starts=[int(x) for x in body["bin_starts"]],
+            cells=[int(c) for c in body["cells"]],
+            threshold=float(body["threshold"]),
+            on_grid=bool(body.get("threshold_on_grid")),
+            mins=[int(x) for x in body["mins"]],
+            maxs=[int(x) for x in body["maxs"]],
+            means=[float(x) for x in body["means"]],
+        )
+
     def vocab(self, ds: str, ids: Sequence[int]) -> dict[int, str]:
         """Texts of vocabulary ids (``GET /vocab?ids=``, in pages of 1000 ids)."""
         out: dict[int, str] = {}
@@ -761,6 +898,25 @@ def tokens(url: str, ds_id: str, start: int, end: int) -> TokensWindow:
 @st.cache_data(ttl=3600, show_spinner=False, max_entries=1024)
 def track(url: str, ds_id: str, name: str, start: int, end: int) -> TrackWindow:
     return _client(url).track(ds_id, name, start, end)
+
+
+@st.cache_data(ttl=3600, show_spinner=False, max_entries=256)
+def track_summary(url: str, ds_id: str, name: str, start: int, end: int, bins: int) -> TrackSummary:
+    return _client(url).track_summary(ds_id, name, start, end, bins)
+
+
+@st.cache_data(ttl=3600, show_spinner=False, max_entries=256)
+def on_count_summary(
+    url: str,
+    ds_id: str,
+    layer: str,
+    cells: tuple[int, ...],
+    threshold: float,
+    start: int,
+    end: int,
+    bins: int,
+) -> OnCountSummary:
+    return _client(url).on_count_summary(ds_id, layer, cells, threshold, start, end, bins)
 
 
 @st.cache_data(ttl=600, show_spinner=False, max_entries=128)

@@ -6,8 +6,9 @@ Pure functions of numpy arrays and lists: no HTTP, no Streamlit, so they are tes
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -168,6 +169,69 @@ def binned_track_rows(
         means = ["" if not math.isfinite(v) else f"mean {v:.3g}" for v in mean]
         return TrackRows(name, kind, mean[None, :], [means], [name], lo, hi if hi > lo else lo + 1)
     return None
+
+
+def summary_track_rows(
+    name: str, summ: Mapping[str, Any], label_names: Sequence[str] | None = None
+) -> TrackRows | None:
+    """A track summary from the server (:class:`hiddenscope_ui.api.TrackSummary`, one entry per
+    bin of ``summ["bin_starts"]``) as rows at bin resolution. discrete: one row per label
+    present, z = the share of the bin's steps with that label (as :func:`binned_track_rows`);
+    scalar: one row, z = the bin's mean, its min and max in the text; topk: one row
+    ``<name> top-1``, text = the bin's most frequent top-1 token, z = the share of the bin's
+    steps that have it as top-1. ``None`` when there is nothing to draw."""
+    edges = np.asarray(summ.get("bin_starts") or [], dtype=np.int64)
+    n_bins = max(0, edges.size - 1)
+    if n_bins == 0:
+        return None
+    width = np.maximum(np.diff(edges), 1).astype(np.float64)
+    kind = summ.get("kind")
+    if kind == "discrete":
+        counts = np.asarray(summ.get("label_counts") or [], dtype=np.float64).reshape(n_bins, -1)
+        names = list(summ.get("label_names") or label_names or [])
+        present = [int(v) for v in np.flatnonzero(counts.sum(axis=0) > 0)]
+        if not present:
+            return None
+        z = (counts[:, present] / width[:, None]).T
+        rows = [f"{name}={names[v] if v < len(names) else v}" for v in present]
+        text = [[f"{f:.0%}" for f in row] for row in z]
+        return TrackRows(name, "discrete-binned", z, text, rows, 0.0, 1.0)
+    if kind == "scalar":
+
+        def col(key: str) -> npt.NDArray[np.float64]:
+            raw = [np.nan if v is None else float(v) for v in list(summ.get(key) or [])]
+            return np.asarray(raw + [np.nan] * n_bins, dtype=np.float64)[:n_bins]
+
+        mean, lo_v, hi_v = col("means"), col("mins"), col("maxs")
+        finite = mean[np.isfinite(mean)]
+        lo = float(finite.min()) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 1.0
+        stats = [
+            "" if not math.isfinite(m) else f"mean {m:.3g} (min {a:.3g}, max {b:.3g})"
+            for m, a, b in zip(mean, lo_v, hi_v, strict=True)
+        ]
+        return TrackRows(
+            name, "scalar", mean[None, :], [stats], [name], lo, hi if hi > lo else lo + 1
+        )
+    if kind == "topk":
+        ids = list(summ.get("mode_ids") or [])
+        if len(ids) != n_bins:
+            return None
+        words = list(summ.get("mode_texts") or [f"#{i}" for i in ids])
+        share = np.asarray(summ.get("mode_counts") or [0] * n_bins, dtype=np.float64) / width
+        tops = [f"{w} ({f:.0%} of the bin)" for w, f in zip(words, share, strict=True)]
+        return TrackRows(name, "topk-binned", share[None, :], [tops], [f"{name} top-1"], 0.0, 1.0)
+    return None
+
+
+@dataclass(frozen=True)
+class OnCountBins:
+    """The on-count of the selected cells per bin (:class:`hiddenscope_ui.api.OnCountSummary`)."""
+
+    mins: Sequence[int]
+    maxs: Sequence[int]
+    means: Sequence[float]
+    n_cells: int
 
 
 def mask_alpha(counts: npt.ArrayLike, n_selected: int, floor: float) -> npt.NDArray[np.float64]:
@@ -462,11 +526,14 @@ def summary_figure(
     brush: tuple[int, int] | None,
     yrange: list[float],
     tracks: Sequence[TrackRows] = (),
+    on_count: OnCountBins | None = None,
 ) -> go.Figure:
     """A long range at bin resolution: every cell's per-bin maximum and minimum as thin grey
-    lines (two WebGL traces for all cells), and each selected cell's min..max band (blue; the
-    highlighted one orange); then one heatmap row per binned track row
-    (:func:`binned_track_rows`)."""
+    lines (two WebGL traces for all cells; none when ``cells`` is empty), and each selected
+    cell's min..max band (blue; the highlighted one orange); with ``on_count`` a row of the
+    greatest number of selected cells on at one step of each bin (the zoomed-out word row;
+    min and mean in the hover); then one heatmap row per binned track row
+    (:func:`summary_track_rows`, :func:`binned_track_rows`)."""
     edges = np.asarray(bin_starts, dtype=np.float64)
     centers = (edges[:-1] + edges[1:] - 1) / 2
     col_of = {c: i for i, c in enumerate(cells)}
@@ -474,9 +541,10 @@ def summary_figure(
     if highlight is not None and highlight in col_of and highlight not in shown:
         shown.append(highlight)
     line_px, row_px = 330, 22
-    heights = [line_px] + [row_px * t.z.shape[0] for t in tracks]
+    count_rows = 1 if on_count is not None else 0
+    heights = [line_px] + [row_px + 4] * count_rows + [row_px * t.z.shape[0] for t in tracks]
     fig = make_subplots(
-        rows=1 + len(tracks),
+        rows=1 + count_rows + len(tracks),
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.012,
@@ -524,7 +592,30 @@ def summary_figure(
                 hovertemplate=f"cell {c}<br>bin at %{{x:,.0f}}: min %{{y:.3f}}<extra></extra>",
             )
         )
-    for r, t in enumerate(tracks, start=2):
+    if on_count is not None:
+        text = [
+            f"max {hi} · mean {m:.2f} · min {lo}"
+            for lo, hi, m in zip(on_count.mins, on_count.maxs, on_count.means, strict=True)
+        ]
+        fig.add_trace(
+            go.Heatmap(
+                x=centers,
+                y=["on-count (max)"],
+                z=[np.asarray(on_count.maxs, dtype=np.float64)],
+                text=[text],
+                colorscale=COUNT_SCALE,
+                zmin=0,
+                zmax=max(1, on_count.n_cells),
+                showscale=False,
+                name="on-count",
+                hovertemplate="bin at %{x:,.0f}: %{text} of "
+                + f"{on_count.n_cells} selected cells on<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
+        fig.update_yaxes(fixedrange=True, row=2, col=1)
+    for r, t in enumerate(tracks, start=2 + count_rows):
         fig.add_trace(
             go.Heatmap(
                 x=centers,
@@ -556,7 +647,7 @@ def summary_figure(
             row="all",
             col=1,
         )
-    n_rows = 1 + len(tracks)
+    n_rows = 1 + count_rows + len(tracks)
     fig.update_xaxes(
         range=[edges[0] - 0.5, edges[-1] - 0.5],
         showgrid=False,

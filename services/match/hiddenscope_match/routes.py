@@ -30,9 +30,11 @@ from hiddenscope_match.schemas import (
     LayerSummary,
     MatchJobResource,
     MatchRequest,
+    OnCountSummary,
     SearchResult,
     StatesWindow,
     TokensWindow,
+    TrackSummary,
     TrackWindow,
     VocabPage,
 )
@@ -191,6 +193,13 @@ def get_states(
     return _json(body)
 
 
+SummaryStartQ = Annotated[int | None, Query(ge=0, description="first step (default 0)")]
+SummaryEndQ = Annotated[
+    int | None, Query(ge=1, description="end step, exclusive (default: the last step)")
+]
+BinsQ = Annotated[int, Query(ge=1, description="number of bins (at most the steps)")]
+
+
 @router.get(
     "/datasets/{name_or_id}/layers/{layer}/summary",
     response_model=LayerSummary,
@@ -201,17 +210,41 @@ def get_summary(
     name_or_id: DatasetRef,
     layer: LayerRef,
     service: Service,
-    start: Annotated[int | None, Query(ge=0, description="first step (default 0)")] = None,
-    end: Annotated[
-        int | None, Query(ge=1, description="end step, exclusive (default: the last step)")
-    ] = None,
-    bins: Annotated[int, Query(ge=1, description="number of bins (at most the steps)")] = 500,
+    start: SummaryStartQ = None,
+    end: SummaryEndQ = None,
+    bins: BinsQ = 500,
     cells: Annotated[
         str | None, Query(max_length=200_000, description="comma-separated cell ids (default all)")
     ] = None,
 ) -> Response:
     ds = service.dataset(name_or_id)
     out = service.summary(ds, layer, start, end, bins, _parse_cells(cells))
+    return _json(out.model_dump(mode="json"))
+
+
+@router.get(
+    "/datasets/{name_or_id}/layers/{layer}/on-count/summary",
+    response_model=OnCountSummary,
+    summary="Per-bin min, max and mean of how many of the given cells are on (zoomed-out views)",
+    description="Counted from the layer's bit planes when `threshold` is on its grid, else "
+    "from its values; streamed in chunks. The bins are those of the layer summary of the same "
+    "range.",
+    responses=problem_responses(404, 422),
+)
+def get_on_count_summary(
+    name_or_id: DatasetRef,
+    layer: LayerRef,
+    service: Service,
+    cells: Annotated[
+        str, Query(max_length=200_000, description="comma-separated cell ids to count (S1)")
+    ],
+    threshold: Annotated[float, Query(description="a cell is on where v >= threshold")] = 0.3,
+    start: SummaryStartQ = None,
+    end: SummaryEndQ = None,
+    bins: BinsQ = 500,
+) -> Response:
+    ds = service.dataset(name_or_id)
+    out = service.on_count_summary(ds, layer, _parse_cells(cells), threshold, start, end, bins)
     return _json(out.model_dump(mode="json"))
 
 
@@ -280,6 +313,29 @@ def get_track(
     ds.manifest.track(track)
     a, b = service.resolve_range(ds, start, end, sequence, offset, length)
     return _json(service.track(ds, track, a, b).model_dump(mode="json"))
+
+
+@router.get(
+    "/datasets/{name_or_id}/tracks/{track}/summary",
+    response_model=TrackSummary,
+    summary="A meta track per bin over a long range (zoomed-out views)",
+    description="discrete: steps of each label (and unlabelled) per bin; scalar: min, max, "
+    "mean and count of the finite values per bin; topk: the most frequent top-1 id per bin, its "
+    "count and text. Streamed from the track's row groups. The bins are those of the layer "
+    "summary of the same range.",
+    responses=problem_responses(404, 422),
+)
+def get_track_summary(
+    name_or_id: DatasetRef,
+    track: Annotated[str, Path(max_length=200)],
+    service: Service,
+    start: SummaryStartQ = None,
+    end: SummaryEndQ = None,
+    bins: BinsQ = 500,
+) -> Response:
+    ds = service.dataset(name_or_id)
+    out = service.track_summary(ds, track, start, end, bins)
+    return _json(out.model_dump(mode="json"))
 
 
 @router.post(

@@ -116,6 +116,71 @@ class LayerSummary(BaseModel):
     means: list[list[float | None]]
 
 
+class TrackSummary(BaseModel):
+    """A meta track over a long range, per bin: bin ``i`` covers steps
+    ``[bin_starts[i], bin_starts[i + 1])`` (the same bins as the layer summary of the range).
+    Only the fields of the track's kind are set (the others are ``null``)."""
+
+    name: str
+    kind: str
+    start: int
+    end: int
+    bins: int = Field(description="number of bins (at most the requested one, and the steps)")
+    bin_starts: list[int] = Field(description="bins + 1 edges, the last one = end")
+    labels: list[str] | None = Field(default=None, description="label dictionary (discrete)")
+    label_counts: list[list[int]] | None = Field(
+        default=None, description="discrete: [bin][label] steps with each label"
+    )
+    unlabelled: list[int] | None = Field(
+        default=None, description="discrete: [bin] steps without a label (-1)"
+    )
+    mins: list[float | None] | None = Field(
+        default=None, description="scalar: [bin] least finite value (null: none in the bin)"
+    )
+    maxs: list[float | None] | None = Field(
+        default=None, description="scalar: [bin] greatest finite value"
+    )
+    means: list[float | None] | None = Field(
+        default=None, description="scalar: [bin] mean of the finite values"
+    )
+    counts: list[int] | None = Field(
+        default=None, description="scalar: [bin] finite values (NaN and ±inf are missing)"
+    )
+    mode_ids: list[int] | None = Field(
+        default=None,
+        description="topk: [bin] the token id most often ranked first (top-1) in the bin; "
+        "ties: the smallest id",
+    )
+    mode_counts: list[int] | None = Field(
+        default=None, description="topk: [bin] steps of the bin whose top-1 is mode_ids"
+    )
+    mode_texts: list[str] | None = Field(
+        default=None,
+        description="topk: [bin] the vocabulary text of mode_ids (absent without a vocabulary; "
+        "an id outside it is an empty string)",
+    )
+
+
+class OnCountSummary(BaseModel):
+    """How many of ``cells`` are on (``v >= threshold``) at each step, reduced per bin: bin
+    ``i`` covers steps ``[bin_starts[i], bin_starts[i + 1])`` (the same bins as the layer
+    summary of the range)."""
+
+    layer: str
+    start: int
+    end: int
+    bins: int = Field(description="number of bins (at most the requested one, and the steps)")
+    bin_starts: list[int] = Field(description="bins + 1 edges, the last one = end")
+    cells: list[int] = Field(description="the cells counted, sorted and de-duplicated")
+    threshold: float
+    threshold_on_grid: bool = Field(
+        description="counted from the layer's bit planes (θ on its grid), else from its values"
+    )
+    mins: list[int] = Field(description="[bin] least number of the cells on at one step")
+    maxs: list[int] = Field(description="[bin] greatest number of the cells on at one step")
+    means: list[float] = Field(description="[bin] mean number of the cells on per step")
+
+
 class SearchResult(BaseModel):
     query: list[str] = Field(description="the phrase's tokens")
     token_ids: list[list[int]] = Field(description="vocabulary ids of each token (may be several)")

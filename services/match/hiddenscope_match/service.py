@@ -16,6 +16,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from hiddenscope_core.models import (
 )
 from hiddenscope_core.reader import Dataset
 from hiddenscope_core.select import on_matrix, select_cells
+from hiddenscope_core.summary import bin_edges
+from hiddenscope_core.summary import on_count_summary as on_counts_per_bin
 from hiddenscope_service.job_resource import job_path
 from hiddenscope_service.jobs import Job, JobStore, body_hash
 from hiddenscope_service.problems import ProblemError, problem_from_exception
@@ -52,8 +55,10 @@ from hiddenscope_match.schemas import (
     MatchJobResource,
     MatchJobResult,
     MatchRequest,
+    OnCountSummary,
     SearchResult,
     TokensWindow,
+    TrackSummary,
     TrackWindow,
     VocabPage,
 )
@@ -301,11 +306,7 @@ class MatchService:
         reduced with numpy ``reduceat`` from the column-major values memmap, NaN-aware (a bin
         without finite values is ``null``). 422 over ``max_summary_values`` steps x cells."""
         sel = _cell_list(ds, layer, cells)
-        T = ds.n_steps
-        a = 0 if start is None else start
-        b = T if end is None else end
-        if not 0 <= a < b <= T:
-            raise InvalidQuery(f"range [{a}, {b}) is not inside [0, {T}) or is empty")
+        a, b = _summary_range(ds, start, end)
         n = b - a
         cap = self.settings.max_summary_values
         if n * len(sel) > cap:
@@ -313,15 +314,13 @@ class MatchService:
                 f"summary of {n} steps x {len(sel)} cells = {n * len(sel)} values is over the "
                 f"cap of {cap}; ask for fewer steps or cells"
             )
-        if bins > self.settings.max_summary_bins:
-            raise InvalidQuery(f"bins is at most {self.settings.max_summary_bins}")
-        nb = min(bins, n)
+        nb = self._summary_bins(bins, n)
         if nb * len(sel) > self.settings.max_window_values:
             raise InvalidQuery(
                 f"{nb} bins x {len(sel)} cells is over the cap of "
                 f"{self.settings.max_window_values} values; ask for fewer bins or cells"
             )
-        edges = np.unique(np.linspace(a, b, nb + 1).round().astype(np.int64))
+        edges = bin_edges(a, b, nb)
         offsets = edges[:-1] - a
         nb = int(offsets.shape[0])
         values = ds.values(layer)
@@ -355,6 +354,118 @@ class MatchService:
             mins=finite_list(mins),
             maxs=finite_list(maxs),
             means=finite_list(means),
+        )
+
+    def _summary_bins(self, bins: int, n: int) -> int:
+        """The bins of a summary of ``n`` steps: ``min(bins, n)``; 422 over the cap."""
+        if bins > self.settings.max_summary_bins:
+            raise InvalidQuery(f"bins is at most {self.settings.max_summary_bins}")
+        return min(bins, n)
+
+    def track_summary(
+        self, ds: Dataset, name: str, start: int | None, end: int | None, bins: int
+    ) -> TrackSummary:
+        """A meta track over ``[start, end)`` (default: all steps) per bin, streamed by the
+        core from the track's row groups (``Dataset.track_summary``). 404 for an unknown track;
+        422 for a range outside the data, over ``max_track_summary_steps``, bins over
+        ``max_summary_bins``, or bins x labels over ``max_window_values``."""
+        info = ds.manifest.track(name)
+        a, b = _summary_range(ds, start, end)
+        n = b - a
+        cap = self.settings.max_track_summary_steps
+        if n > cap:
+            raise InvalidQuery(
+                f"track summary of {n} steps is over the cap of {cap} steps; ask for fewer steps"
+            )
+        nb = self._summary_bins(bins, n)
+        n_labels = len(info.labels or [])
+        if info.kind == "discrete" and nb * (n_labels + 1) > self.settings.max_window_values:
+            raise InvalidQuery(
+                f"{nb} bins x {n_labels + 1} label counts is over the cap of "
+                f"{self.settings.max_window_values} values; ask for fewer bins"
+            )
+        edges, got = ds.track_summary(name, a, b, nb)
+        out = TrackSummary.model_construct(
+            name=name,
+            kind=info.kind,
+            start=a,
+            end=b,
+            bins=int(edges.size - 1),
+            bin_starts=[int(x) for x in edges],
+            labels=info.labels,
+            label_counts=None,
+            unlabelled=None,
+            mins=None,
+            maxs=None,
+            means=None,
+            counts=None,
+            mode_ids=None,
+            mode_counts=None,
+            mode_texts=None,
+        )
+        if info.kind == "discrete":
+            out.label_counts = got["label_counts"].tolist()
+            out.unlabelled = got["unlabelled"].tolist()
+        elif info.kind == "scalar":
+            out.mins = finite_list(got["mins"])
+            out.maxs = finite_list(got["maxs"])
+            out.means = finite_list(got["means"])
+            out.counts = got["counts"].tolist()
+        else:
+            out.mode_ids = got["mode_ids"].tolist()
+            out.mode_counts = got["mode_counts"].tolist()
+            vocab = ds.vocab()
+            if vocab:
+                out.mode_texts = _texts(vocab, got["mode_ids"])
+        return out
+
+    def on_count_summary(
+        self,
+        ds: Dataset,
+        layer: str,
+        cells: list[int] | None,
+        threshold: float,
+        start: int | None,
+        end: int | None,
+        bins: int,
+    ) -> OnCountSummary:
+        """Per bin of ``[start, end)`` (default: all steps): min / max / mean of how many of
+        ``cells`` are on at ``threshold`` — from the bit planes when θ is on the layer's grid,
+        else from the values (core ``summary.on_count_summary``, in chunks). 422 for cells or a
+        range outside the data, a non-finite θ, bins over ``max_summary_bins``, and over the
+        work cap: steps x cells ≤ ``max_summary_values`` off the grid (values read), ≤ 64 x
+        ``max_summary_values`` on it (plane words read, 64 steps each)."""
+        if cells is None:
+            raise InvalidQuery("cells is required: the cell ids to count, e.g. cells=3,7,11")
+        sel = _cell_list(ds, layer, cells)
+        if not math.isfinite(threshold):
+            raise InvalidQuery(f"threshold must be a finite number, got {threshold}")
+        a, b = _summary_range(ds, start, end)
+        n = b - a
+        on_grid = ds.grid_index(layer, threshold) is not None
+        cap = self.settings.max_summary_values * (64 if on_grid else 1)
+        if n * len(sel) > cap:
+            where = "on" if on_grid else "off"
+            raise InvalidQuery(
+                f"on-count summary of {n} steps x {len(sel)} cells = {n * len(sel)} is over "
+                f"the cap of {cap} for a threshold {where} the layer's grid "
+                f"({ds.thresholds(layer)}); ask for fewer steps or cells"
+                + ("" if on_grid else ", or use a threshold of the grid")
+            )
+        nb = self._summary_bins(bins, n)
+        got = on_counts_per_bin(ds, layer, sel, threshold, a, b, nb)
+        return OnCountSummary.model_construct(
+            layer=layer,
+            start=a,
+            end=b,
+            bins=int(got.edges.size - 1),
+            bin_starts=[int(x) for x in got.edges],
+            cells=got.cells,
+            threshold=threshold,
+            threshold_on_grid=got.on_grid,
+            mins=got.mins.tolist(),
+            maxs=got.maxs.tolist(),
+            means=got.means.tolist(),
         )
 
     # -- select and search ---------------------------------------------------------------------
@@ -641,6 +752,16 @@ def _text_matrix(vocab: list[str], ids: npt.NDArray[np.integer]) -> list[list[st
     n = len(vocab)
     safe = np.where((ids >= 0) & (ids < n), ids, n)
     return [[str(x) for x in row] for row in table[safe].tolist()]
+
+
+def _summary_range(ds: Dataset, start: int | None, end: int | None) -> tuple[int, int]:
+    """``[start, end)`` of a summary (default: all steps). Raises ``InvalidQuery``."""
+    T = ds.n_steps
+    a = 0 if start is None else start
+    b = T if end is None else end
+    if not 0 <= a < b <= T:
+        raise InvalidQuery(f"range [{a}, {b}) is not inside [0, {T}) or is empty")
+    return a, b
 
 
 def _cell_list(ds: Dataset, layer: str, cells: list[int] | None) -> list[int]:

@@ -50,6 +50,12 @@ class MatchSettings(ServiceSettings):
         description="most steps x cells one summary request reduces (more: 422)",
     )
     max_summary_bins: int = Field(default=10_000, ge=1, description="most bins of a summary")
+    max_track_summary_steps: int = Field(
+        default=1_000_000_000,
+        ge=1,
+        description="longest range one track summary streams from the track's row groups "
+        "(more: 422)",
+    )
     search_index_wait_seconds: float = Field(
         default=2.0,
         ge=0,

@@ -33,7 +33,8 @@ SUMMARY_ABOVE = 400
 # Windows longer than this many steps show per-bin min/max summaries.
 SUMMARY_BINS = 300
 MAX_BINNED_TRACK_STEPS = 200_000
-# the longest window whose meta tracks are read (per step) and binned in the UI
+# against an API without track summaries: the longest window whose meta tracks are read (per
+# step) and binned in the UI
 SHIFT = 5
 SELECT_MEMO = 8
 
@@ -340,11 +341,60 @@ def _track_rows(
     return rows
 
 
+def _summary_track_rows(
+    ds_id: str, view: ViewState, tracks_meta: dict[str, dict[str, Any]], ws: int, we: int
+) -> tuple[list[charts.TrackRows], list[int] | None, bool]:
+    """The view's tracks of every kind per bin, from the server's track summaries (any range;
+    the same bins as the layer summary). Returns the rows, their bin edges (``None`` if no
+    summary was read) and whether the API lacks the endpoint (the caller then bins here)."""
+    rows: list[charts.TrackRows] = []
+    edges: list[int] | None = None
+    for name in [n for n in view.tracks if n in tracks_meta]:
+        info = tracks_meta[name]
+        try:
+            summ = api.track_summary(api.base_url(), ds_id, name, ws, we, SUMMARY_BINS)
+        except api.MissingEndpoint:
+            return [], None, True
+        except api.ApiError as exc:
+            st.warning(f"track {name}: {exc.message}")
+            continue
+        if edges is None:
+            edges = list(summ["bin_starts"])
+        elif list(summ["bin_starts"]) != edges:
+            st.warning(f"track {name}: the API answered with other bins; not shown")
+            continue
+        row = charts.summary_track_rows(name, summ, info.get("labels"))
+        if row is not None:
+            rows.append(row)
+    return rows, edges, False
+
+
+def _on_count_bins(
+    ds_id: str, layer: str, cells: list[int], threshold: float, ws: int, we: int
+) -> tuple[charts.OnCountBins | None, list[int] | None]:
+    """The on-count of the selected cells per bin (the zoomed-out word row) and its edges."""
+    if not cells:
+        return None, None
+    try:
+        oc = api.on_count_summary(
+            api.base_url(), ds_id, layer, tuple(cells), float(threshold), ws, we, SUMMARY_BINS
+        )
+    except api.MissingEndpoint:
+        st.caption("This API has no on-count summary: zoom in to see the on-count row.")
+        return None, None
+    except api.ApiError as exc:
+        st.warning(f"On-count of the selected cells not shown: {exc.message}")
+        return None, None
+    bins = charts.OnCountBins(oc["mins"], oc["maxs"], oc["means"], len(oc["cells"]))
+    return bins, list(oc["bin_starts"])
+
+
 def _binned_track_rows(
     ds_id: str, view: ViewState, tracks_meta: dict[str, dict[str, Any]], edges: list[int]
 ) -> list[charts.TrackRows]:
-    """The view's discrete and scalar tracks at the summary's bins (top-K tracks have no binned
-    form: they show when zoomed in)."""
+    """Against an API without track summaries: the view's discrete and scalar tracks binned
+    here from per-step windows (top-K tracks have no binned form then: they show when zoomed
+    in)."""
     ws, we = edges[0], edges[-1]
     wanted = [n for n in view.tracks if n in tracks_meta]
     if not wanted:
@@ -385,11 +435,14 @@ def _selection(
     we: int,
     values: np.ndarray[Any, Any] | None,
     layer: str | None = None,
+    *,
+    per_step: bool = True,
 ) -> tuple[list[int], list[int] | None, str | None]:
     """S1 and the per-step on-counts over the window: from the server's select when a range is
     brushed, else the hand-picked cells (counts from the window's values). ``layer`` selects
     on another layer than the view's over the same range (hand-picked cells belong to the
-    view's layer only)."""
+    view's layer only). Without ``per_step`` (a long window, drawn per bin) S1 only: the
+    select's window is then one step, whatever the view's length."""
     if layer is not None and view.range is None:
         return [], None, None
     if view.range is not None:
@@ -401,8 +454,8 @@ def _selection(
             "threshold": view.threshold,
             "left_off": view.off[0],
             "right_off": view.off[1],
-            "window_start": ws,
-            "window_end": we,
+            "window_start": ws if per_step else a,
+            "window_end": we if per_step else a + 1,
         }
         # a per-session memo of the last selects (not a cache: POSTs are never cached)
         memo_key = api.dumps([api.base_url(), ds_id, query])
@@ -445,37 +498,61 @@ def _summary_plot(
     key: str,
     compare: bool = False,
 ) -> tuple[list[int], str | None] | None:
-    """A long window of ``layer`` as per-bin min/max bands; returns (S1, select error), or
-    ``None`` after showing an API error."""
+    """A long window of ``layer`` as per-bin min/max bands, the on-count of the selected cells
+    per bin and (for the view's own layer) the meta tracks per bin, all from the server's
+    summaries; returns (S1, select error), or ``None`` after showing an API error. A layer
+    summary refused as too large (422) leaves out the cells' lines, not the rest."""
     ds_id = str(manifest["id"])
     name = str(layer.get("name"))
+    summ: api.StatesSummary | None = None
     try:
         summ = api.summary(
             api.base_url(), ds_id, name, ws, we, SUMMARY_BINS, int(layer.get("n_cells", 64))
         )
+    except api.BadRequest as exc:
+        st.warning(f"The cells of {name} are not drawn over this range: {exc.message}")
     except api.ApiError as exc:
         show_api_error(exc, where=f"reading the summary of {name}")
         return None
     cells_sel, _counts_unused, select_error = _selection(
-        view, ds_id, ws, we, None, layer=name if compare else None
+        view, ds_id, ws, we, None, layer=name if compare else None, per_step=False
     )
-    yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), summ["maxs"])
-    track_rows = (
-        []
-        if compare
-        else _binned_track_rows(ds_id, view, track_infos(manifest), summ["bin_starts"])
+    track_rows: list[charts.TrackRows] = []
+    edges = summ["bin_starts"] if summ is not None else None
+    if not compare:
+        track_rows, track_edges, missing = _summary_track_rows(
+            ds_id, view, track_infos(manifest), ws, we
+        )
+        if missing and edges is not None:
+            track_rows = _binned_track_rows(ds_id, view, track_infos(manifest), edges)
+        elif edges is not None and track_edges is not None and track_edges != edges:
+            st.warning("The meta tracks came back in other bins than the cells; not shown.")
+            track_rows = []
+        edges = edges or track_edges
+    on_count, count_edges = _on_count_bins(ds_id, name, cells_sel, view.threshold, ws, we)
+    edges = edges or count_edges
+    if on_count is not None and count_edges != edges:
+        st.warning("The on-count came back in other bins than the cells; not shown.")
+        on_count = None
+    if edges is None:
+        return cells_sel, select_error
+    n_bins = len(edges) - 1
+    empty = np.empty((n_bins, 0), np.float32)
+    yr = charts.y_range(
+        layer.get("value_min"), layer.get("value_max"), summ["maxs"] if summ else empty
     )
     fig = charts.summary_figure(
-        bin_starts=summ["bin_starts"],
-        cells=summ["cells"],
-        mins=summ["mins"],
-        maxs=summ["maxs"],
+        bin_starts=edges,
+        cells=summ["cells"] if summ else [],
+        mins=summ["mins"] if summ else empty,
+        maxs=summ["maxs"] if summ else empty,
         selected=cells_sel,
         highlight=None if compare else view.hl,
         threshold=view.threshold,
         brush=view.range,
         yrange=yr,
         tracks=track_rows,
+        on_count=on_count,
     )
     event = st.plotly_chart(
         fig, key=key, on_select="rerun", selection_mode="box", config={"displaylogo": False}
@@ -610,8 +687,10 @@ def render() -> None:
     if we - ws > SUMMARY_ABOVE:
         st.caption(
             f"{we - ws:,} steps in {SUMMARY_BINS} bins: per-bin min..max of every cell (grey "
-            "lines) and of the selected cells (blue bands); discrete tracks as the share of "
-            "each label per bin, scalar tracks as bin means. Zoom in (A+) to see the words."
+            "lines) and of the selected cells (blue bands); the on-count row: the most selected "
+            "cells on at one step of each bin; discrete tracks as the share of each label per "
+            "bin, scalar tracks as bin means, top-K tracks as each bin's most frequent top-1 "
+            "word. Zoom in (A+) to see the words."
         )
         got = _summary_plot(view, manifest, layer, ws, we, key="summary-plot")
     else:
