@@ -63,8 +63,9 @@ def test_states_window_json_and_arrow(client: httpx.Client, match_stack: MatchSt
     body = r.json()
     assert body["cells"] == list(range(16))
     assert body["sequence"] == 0
+    # each number is the shortest decimal that reads back as the same float32
     got = np.array([[np.nan if x is None else x for x in row] for row in body["values"]])
-    np.testing.assert_array_equal(got, v[0:20].astype(np.float64))
+    np.testing.assert_array_equal(got.astype(np.float32), v[0:20])
     assert body["values"][5][3] is None  # NaN → null
     # cells (duplicates removed, sorted), by sequence name + offset
     r = client.get(
@@ -73,7 +74,9 @@ def test_states_window_json_and_arrow(client: httpx.Client, match_stack: MatchSt
     )
     body = r.json()
     assert (body["start"], body["end"], body["cells"], body["sequence"]) == (1010, 1015, [2, 7], 1)
-    np.testing.assert_array_equal(np.array(body["values"]), v[1010:1015][:, [2, 7]])
+    np.testing.assert_array_equal(
+        np.array(body["values"], dtype=np.float32), v[1010:1015][:, [2, 7]]
+    )
     # Arrow IPC
     r = client.get(
         "/v1/datasets/text/layers/cell/states",
