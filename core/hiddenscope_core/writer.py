@@ -1717,7 +1717,8 @@ class DatasetWriter:
         """Bit ``t`` set where a sequence (other than the first) starts, for steps [b0, b1)."""
         w0, w1 = b0 >> 6, bits.n_words(b1)
         bm = np.zeros(w1 - w0, np.uint64)
-        s = self._starts[(self._starts >= max(b0, 1)) & (self._starts < b1)]
+        starts = self._starts  # sorted: a binary search, not a scan of every sequence
+        s = starts[np.searchsorted(starts, max(b0, 1)) : np.searchsorted(starts, b1)]
         if s.size:
             rel = s - (w0 << 6)
             np.bitwise_or.at(
