@@ -32,7 +32,7 @@ from hiddenscope_service.problems import problem_from_exception
 
 from hiddenscope_ingest.convert import LayerTask, Work, shard_work
 from hiddenscope_ingest.manifest import IngestManifest
-from hiddenscope_ingest.plan import build_plan
+from hiddenscope_ingest.plan import Plan, build_plan
 from hiddenscope_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -231,36 +231,27 @@ def run_helper(
     job_id: str, build_id: str, phase: str, owner: str, settings: IngestSettings, store: JobStore
 ) -> int:
     """One helper task: claim and run tasks of ``phase`` of the build until none is left.
-    Returns the number of tasks it ran. Bad data is posted on the board for the job's worker
+    Returns the number of tasks it ran. A helper that finds nothing to claim ends at once (the
+    job's worker enqueues more helpers than there may be idle workers); the build and the
+    plan are opened at the first claim. Bad data is posted on the board for the job's worker
     (which fails the job); a build that is gone (finished, aborted or superseded) ends it."""
     if store.status(job_id) != "running":
         return 0
     board = ShardBoard(store, job_id, build_id, phase)
-    try:
-        writer = DatasetWriter.resume(settings.data_root, build_id)
-    except NotFound:
-        return 0
-    from hiddenscope_ingest.service import limits_of, work_dir_of  # (service imports this)
-
-    job = store.get(job_id)
-    manifest = IngestManifest.model_validate(job.payload["manifest"])
-    root = Path(job.payload["source_dir"])
-    if manifest.archive is not None:  # the job's worker extracted it before posting tasks
-        root = work_dir_of(settings, job_id) / "extracted"
-    plan = build_plan(manifest, root, limits_of(settings))
+    lease = float(settings.lease_seconds)
+    plan: Plan | None = None
+    writer: DatasetWriter | None = None
+    tasks: list[LayerTask] = []
     ran = 0
     try:
-        n_shards = len(writer.shard_ranges())
-        tasks = [(lp.spec.name, i) for lp in plan.layers for i in range(n_shards)]
-        lease = float(settings.lease_seconds)
-        while True:
-            i = board.claim(owner, lease)
-            if i is None:
-                if ran:
-                    store.set_note(job_id, f"helper:{owner}", f"{phase}:{ran}")
-                return ran
+        while (i := board.claim(owner, lease)) is not None:
             try:
                 with _Holding(board, i, owner, lease):
+                    if plan is None or writer is None:
+                        writer = DatasetWriter.resume(settings.data_root, build_id)
+                        plan = _helper_plan(job_id, settings, store)
+                        n_shards = len(writer.shard_ranges())
+                        tasks = [(lp.spec.name, k) for lp in plan.layers for k in range(n_shards)]
                     shard_work(plan, writer, phase, tasks[i], settings.chunk_bytes)
             except (FileNotFoundError, NotFound):
                 if not (settings.data_root / "staging" / build_id).exists():
@@ -270,10 +261,27 @@ def run_helper(
                 board.fail(i, problem_from_exception(exc).model_dump(exclude_none=True))
                 return ran
             except Exception as exc:
-                log.exception("job %s: shard task %s failed unexpectedly", job_id, tasks[i])
+                log.exception("job %s: shard task %s of %s failed unexpectedly", job_id, i, phase)
                 board.fail(i, problem_from_exception(exc).model_dump(exclude_none=True))
                 return ran
             board.done(i)
             ran += 1
+        if ran:
+            store.set_note(job_id, f"helper:{owner}", f"{phase}:{ran}")
+        return ran
     finally:
-        plan.close()
+        if plan is not None:
+            plan.close()
+
+
+def _helper_plan(job_id: str, settings: IngestSettings, store: JobStore) -> Plan:
+    """The job's plan as a helper needs it: the layer sources, opened from the job's files
+    (the archive the job's worker extracted, if the upload was one)."""
+    from hiddenscope_ingest.service import limits_of, work_dir_of  # (service imports this)
+
+    job = store.get(job_id)
+    manifest = IngestManifest.model_validate(job.payload["manifest"])
+    root = Path(job.payload["source_dir"])
+    if manifest.archive is not None:
+        root = work_dir_of(settings, job_id) / "extracted"
+    return build_plan(manifest, root, limits_of(settings))
