@@ -882,7 +882,7 @@ class _ShardedLayer:
         self.cnan = np.zeros(d, np.int64)
 
     def save_part(self, kind: str, shard: int, **arrays: npt.NDArray[Any]) -> None:
-        self._parts.mkdir(parents=True, exist_ok=True)
+        self._parts.mkdir(exist_ok=True)  # not parents: an aborted build stays gone
         tmp = self._parts / f".{kind}-{shard}.{secrets.token_hex(4)}.npz"
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, self._parts / f"{kind}-{shard}.npz")
