@@ -4,7 +4,7 @@ everything else is in :mod:`hiddenscope_ingest.service`."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +23,8 @@ from hiddenscope_ingest.errors import TooLarge, UnsupportedFormat
 from hiddenscope_ingest.manifest import IngestManifest, parse_manifest
 from hiddenscope_ingest.service import JOB_KIND, IngestService
 from hiddenscope_ingest.upload import receive_multipart
+
+M = TypeVar("M", bound=BaseModel)
 
 router = APIRouter(prefix="/v1")
 
@@ -91,6 +93,26 @@ class JobResource(JobResourceBase):
 
 class DatasetList(BaseModel):
     datasets: list[DatasetManifest]
+
+
+async def read_json_body(request: Request, model: type[M]) -> M:
+    """A JSON request body of at most ``MAX_JSON_BODY`` bytes (413 beyond, also when it comes
+    without a Content-Length), validated as ``model`` (422 naming the first wrong field)."""
+    length = request.headers.get("content-length")
+    too_large = "a JSON request is at most 1 MiB; upload files as multipart"
+    if length is not None and length.isdigit() and int(length) > MAX_JSON_BODY:
+        raise TooLarge(too_large)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise TooLarge(too_large)
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ProblemError(422, f"{loc or 'body'}: {first['msg']}") from None
 
 
 def _accepted(response: Response, job: Job) -> JobResource:
@@ -170,20 +192,7 @@ async def create_dataset(
         )  # fmt: skip
         return _accepted(response, created_job)
     if ctype == "application/json":
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_JSON_BODY:
-            raise TooLarge("a JSON ingest request is at most 1 MiB; upload files as multipart")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_JSON_BODY:
-                raise TooLarge("a JSON ingest request is at most 1 MiB")
-        try:
-            req = PathIngestRequest.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise ProblemError(422, f"{loc or 'body'}: {first['msg']}") from None
+        req = await read_json_body(request, PathIngestRequest)
         root = await run_in_threadpool(service.resolve_server_path, req.path)
         digest = service.request_hash(req.manifest, None, str(root))
         job = await run_in_threadpool(service.replay, idempotency_key, digest)

@@ -16,7 +16,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +75,32 @@ def _sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_files(
+    referenced: Iterable[str],
+    checksums: Mapping[str, str],
+    source_dir: Path,
+    received: dict[str, ReceivedFile] | None,
+) -> None:
+    """Every file a manifest names is there (in the upload, or under the server directory) and
+    matches its optional sha256. Raises 4xx errors."""
+    for rel in referenced:
+        if received is not None and rel not in received:
+            raise InvalidManifest(f"the manifest names {rel!r}, which is not in the upload")
+        resolve_file(source_dir, rel)
+    for rel, expected in checksums.items():
+        if received is not None:
+            if rel not in received:
+                raise InvalidManifest(f"a checksum is given for {rel!r}, which was not sent")
+            actual = received[rel].sha256
+        else:
+            actual = _sha256_file(resolve_file(source_dir, rel))
+        if actual != expected:
+            raise InvalidData(
+                f"{rel}: sha256 mismatch (expected {expected}, received {actual}); "
+                "the file was damaged in transit or the checksum is wrong"
+            )
 
 
 def dataset_summary(m: DatasetManifest) -> dict[str, Any]:
@@ -144,22 +170,7 @@ class IngestService:
         shapes (archives and text files are checked by the worker). Raises 4xx errors."""
         if self.catalog.name_taken(manifest.name):
             raise Conflict(f"a dataset named {manifest.name!r} already exists; choose another name")
-        for rel in manifest.referenced_files():
-            if received is not None and rel not in received:
-                raise InvalidManifest(f"the manifest names {rel!r}, which is not in the upload")
-            resolve_file(source_dir, rel)
-        for rel, expected in manifest.checksums.items():
-            if received is not None:
-                if rel not in received:
-                    raise InvalidManifest(f"a checksum is given for {rel!r}, which was not sent")
-                actual = received[rel].sha256
-            else:
-                actual = _sha256_file(resolve_file(source_dir, rel))
-            if actual != expected:
-                raise InvalidData(
-                    f"{rel}: sha256 mismatch (expected {expected}, received {actual}); "
-                    "the file was damaged in transit or the checksum is wrong"
-                )
+        check_files(manifest.referenced_files(), manifest.checksums, source_dir, received)
         if manifest.archive is not None and detect_format(manifest.archive) != "archive":
             raise InvalidManifest(f"{manifest.archive!r} is not a .zip, .tar or .tar.gz")
         self.deep_check(manifest, source_dir)
@@ -445,23 +456,29 @@ def _attempt(
         return _Outcome("cancelled")
     except _Lost:
         raise
-    except ShardFailed as exc:  # bad data met by a helper: its problem, as it posted it
-        return _Outcome("failed", error=exc.problem)
-    except HiddenScopeError as exc:
-        problem = problem_from_exception(exc).model_dump(exclude_none=True)
-        return _Outcome("failed", error=problem)
     except Exception as exc:
-        from celery.exceptions import SoftTimeLimitExceeded
-
-        if isinstance(exc, SoftTimeLimitExceeded):
-            problem = {
-                "type": "about:blank",
-                "title": "Time limit exceeded",
-                "status": 500,
-                "detail": f"the conversion ran longer than {settings.task_time_limit}s",
-            }
-        else:
-            log.exception("job %s: conversion failed unexpectedly", job_id)
-            problem = problem_from_exception(exc).model_dump(exclude_none=True)
-        return _Outcome("failed", error=problem)
+        return failed_outcome(exc, job_id, "the conversion", settings.task_time_limit)
     return _Outcome("succeeded", result={"dataset": dataset_summary(result)})
+
+
+def failed_outcome(exc: Exception, job_id: str, what: str, time_limit: float) -> _Outcome:
+    """The ``failed`` outcome of an attempt that raised ``exc``: bad input keeps its 4xx
+    problem (a helper's as it posted it), the soft time limit and anything unexpected are
+    500s (the latter logged with its traceback)."""
+    if isinstance(exc, ShardFailed):
+        return _Outcome("failed", error=exc.problem)
+    if isinstance(exc, HiddenScopeError):
+        return _Outcome("failed", error=problem_from_exception(exc).model_dump(exclude_none=True))
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded):
+        problem: dict[str, Any] = {
+            "type": "about:blank",
+            "title": "Time limit exceeded",
+            "status": 500,
+            "detail": f"{what} ran longer than {time_limit}s",
+        }
+    else:
+        log.exception("job %s: %s failed unexpectedly", job_id, what)
+        problem = problem_from_exception(exc).model_dump(exclude_none=True)
+    return _Outcome("failed", error=problem)

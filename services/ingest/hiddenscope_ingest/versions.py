@@ -29,15 +29,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from hiddenscope_core.errors import Conflict, HiddenScopeError, NotFound
+from hiddenscope_core.errors import Conflict, NotFound
 from hiddenscope_core.models import DatasetManifest, TrackInfo
 from hiddenscope_core.reader import Dataset, open_dataset
 from hiddenscope_core.versions import VERSIONS_DIR, VersionWriter, current_id, resolve_current
 from hiddenscope_service.jobs import Job, JobStore, body_hash
-from hiddenscope_service.problems import ProblemError, problem_from_exception
+from hiddenscope_service.problems import ProblemError
 
 from hiddenscope_ingest.convert import Cancelled, write_track
-from hiddenscope_ingest.errors import InvalidData, InvalidManifest
+from hiddenscope_ingest.errors import InvalidData
 from hiddenscope_ingest.loaders import detect_format, resolve_file
 from hiddenscope_ingest.loaders.base import ArraySource, Limits, iter_chunks
 from hiddenscope_ingest.loaders.text_files import Labels, read_conll
@@ -50,8 +50,9 @@ from hiddenscope_ingest.service import (
     IngestService,
     _Lost,
     _Outcome,
-    _sha256_file,
+    check_files,
     dataset_summary,
+    failed_outcome,
     limits_of,
     progress_reporter,
 )
@@ -301,22 +302,7 @@ class VersionsService:
         check_names(ds, manifest)
         if source_dir is None:
             return
-        for rel in manifest.referenced_files():
-            if received is not None and rel not in received:
-                raise InvalidManifest(f"the manifest names {rel!r}, which is not in the upload")
-            resolve_file(source_dir, rel)
-        for rel, expected in manifest.checksums.items():
-            if received is not None:
-                if rel not in received:
-                    raise InvalidManifest(f"a checksum is given for {rel!r}, which was not sent")
-                actual = received[rel].sha256
-            else:
-                actual = _sha256_file(resolve_file(source_dir, rel))
-            if actual != expected:
-                raise InvalidData(
-                    f"{rel}: sha256 mismatch (expected {expected}, received {actual}); "
-                    "the file was damaged in transit or the checksum is wrong"
-                )
+        check_files(manifest.referenced_files(), manifest.checksums, source_dir, received)
         s = self.settings
         text_bytes = sum(
             resolve_file(source_dir, rel).stat().st_size
@@ -475,20 +461,6 @@ def attempt_tracks(
         return _Outcome("cancelled")
     except _Lost:
         raise
-    except HiddenScopeError as exc:
-        return _Outcome("failed", error=problem_from_exception(exc).model_dump(exclude_none=True))
     except Exception as exc:
-        from celery.exceptions import SoftTimeLimitExceeded
-
-        if isinstance(exc, SoftTimeLimitExceeded):
-            problem = {
-                "type": "about:blank",
-                "title": "Time limit exceeded",
-                "status": 500,
-                "detail": f"the track job ran longer than {settings.task_time_limit}s",
-            }
-        else:
-            log.exception("job %s: adding tracks failed unexpectedly", job_id)
-            problem = problem_from_exception(exc).model_dump(exclude_none=True)
-        return _Outcome("failed", error=problem)
+        return failed_outcome(exc, job_id, "the track job", settings.task_time_limit)
     return _Outcome("succeeded", result={"dataset": version_summary(published)})

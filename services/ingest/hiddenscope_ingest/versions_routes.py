@@ -9,17 +9,17 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.models import NAME_PATTERN
 from hiddenscope_service.jobs import new_job_id
-from hiddenscope_service.problems import ProblemError, problem_responses
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from hiddenscope_service.problems import problem_responses
+from pydantic import BaseModel, ConfigDict, Field
 
-from hiddenscope_ingest.errors import TooLarge, UnsupportedFormat
+from hiddenscope_ingest.errors import UnsupportedFormat
 from hiddenscope_ingest.manifest import TracksManifest, parse_tracks_manifest
 from hiddenscope_ingest.routes import (
-    MAX_JSON_BODY,
     IdempotencyKey,
     JobResource,
     _accepted,
     _remove,
+    read_json_body,
     upload_body,
 )
 from hiddenscope_ingest.service import JOB_KIND
@@ -104,20 +104,7 @@ async def add_tracks(
         )  # fmt: skip
         return _accepted(response, created)
     if ctype == "application/json":
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_JSON_BODY:
-            raise TooLarge("a JSON request is at most 1 MiB; upload files as multipart")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_JSON_BODY:
-                raise TooLarge("a JSON request is at most 1 MiB")
-        try:
-            req = PathTracksRequest.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise ProblemError(422, f"{loc or 'body'}: {first['msg']}") from None
+        req = await read_json_body(request, PathTracksRequest)
         root = await run_in_threadpool(versions.ingest.resolve_server_path, req.path)
         digest = versions.request_hash(name_or_id, req.manifest, None, str(root))
         job = await run_in_threadpool(versions.replay, idempotency_key, digest)
