@@ -926,6 +926,30 @@ class _ShardedLayer:
         )
 
 
+def remove_build_dir(data_root: Path, directory: Path) -> None:
+    """Remove a build's directory although another process may still be writing into it (a
+    helper mid-shard of a sharded build). It is first renamed into ``<data_root>/trash``, so
+    that the build is gone at once: every later open by its path fails (a helper then sees the
+    build gone and stops) and nothing can recreate it. Then the renamed tree is removed; a file
+    a writer created in it meanwhile makes a removal fail, so it is retried a few times, and
+    what still remains is swept by the ingest reconciler (``trash``)."""
+    trash = data_root / "trash" / f"{directory.name}.{secrets.token_hex(4)}"
+    try:
+        trash.parent.mkdir(exist_ok=True)
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        if not directory.exists():
+            return  # already gone
+        trash = directory  # no trash directory could be made: remove in place
+    except OSError:
+        trash = directory
+    for attempt in range(20):
+        shutil.rmtree(trash, ignore_errors=True)
+        if not os.path.lexists(trash):
+            return
+        time.sleep(0.01 * (attempt + 1))
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     tmp.write_bytes(data)
@@ -1316,7 +1340,7 @@ class DatasetWriter:
             with contextlib.suppress(Exception):
                 self._tokens.close()
             self._tokens = None
-        shutil.rmtree(self.staging, ignore_errors=True)
+        remove_build_dir(self.data_root, self.staging)
 
     def publish(self) -> DatasetManifest:
         """Finish all inputs, build the index, and publish atomically.

@@ -167,3 +167,44 @@ def test_resume_rejects_bad_ids(tmp_path: Path) -> None:
     for bad in ("../x", "", "a/b", "x" * 65):
         with pytest.raises(NotFound):
             DatasetWriter.resume(tmp_path, bad)
+
+
+def test_abort_while_another_writer_is_still_writing_shards(
+    tmp_path: Path, small_units: None
+) -> None:
+    """A helper still writing shards of a build that the job's worker aborts (bad data found
+    in another shard) neither keeps the build alive nor recreates any of it: the build is gone
+    at the abort, the helper's next write fails, and nothing is left behind."""
+    import threading
+
+    x = _states("float32", seed=17)
+    w = DatasetWriter.create(tmp_path, "aborted", n_steps=T)
+    w.declare_layer("grid", n_cells=D, thresholds=[0.3])
+    ranges = w.save_build(SHARD)
+    started, errors = threading.Event(), []
+
+    def helper() -> None:
+        h = DatasetWriter.resume(tmp_path, w.id)
+        try:
+            while True:  # re-runs are idempotent: write the shards again and again
+                for i, (a, b) in enumerate(ranges):
+                    h.write_layer_shard(
+                        "grid", i, (x[s : min(b, s + 300)] for s in range(a, b, 300))
+                    )
+                    started.set()
+        except Exception as exc:  # the build went away under it
+            errors.append(exc)
+
+    t = threading.Thread(target=helper)
+    t.start()
+    assert started.wait(30)
+    w.abort()
+    assert not (tmp_path / "staging" / w.id).exists()
+    t.join(30)
+    assert not t.is_alive()
+    assert len(errors) == 1
+    assert isinstance(errors[0], OSError | NotFound), errors
+    assert not any((tmp_path / "staging").iterdir())
+    assert not any((tmp_path / "trash").iterdir())
+    with pytest.raises(NotFound):
+        DatasetWriter.resume(tmp_path, w.id)

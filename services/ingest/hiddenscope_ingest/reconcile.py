@@ -18,7 +18,8 @@ One pass:
    a delivery of a job that is held or finished does nothing (``JobStore.claim``); a takeover
    counts as an attempt (poison cap ``max_attempts``).
 2. ``staging/<id>`` directories that no unfinished job owns (note ``staging_id``) and in which
-   nothing changed for ``leftover_after_seconds`` are removed (an attempt that died mid-write);
+   nothing changed for ``leftover_after_seconds`` are removed (an attempt that died mid-write),
+   and so is what an abort left in ``trash/`` (a helper was still writing into the build);
 3. ``uploads/<job>`` and ``uploads/<job>.work`` of jobs that are finished or unknown (expired),
    unchanged for ``leftover_after_seconds``, are removed (uploads still being received have no
    job yet, but they change all the time);
@@ -152,6 +153,16 @@ def _pass(
             if wall - newest_mtime(entry) < settings.leftover_after_seconds:
                 continue
             report.removed_staging.append(entry.name)
+            if not dry_run:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    # builds an abort could not remove at once (a writer was still busy in them)
+    trash = settings.data_root / "trash"
+    if trash.is_dir():
+        for entry in sorted(trash.iterdir()):
+            if wall - newest_mtime(entry) < settings.leftover_after_seconds:
+                continue
+            report.removed_staging.append(f"trash/{entry.name}")
             if not dry_run:
                 shutil.rmtree(entry, ignore_errors=True)
 

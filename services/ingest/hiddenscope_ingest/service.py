@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from hiddenscope_core.errors import Conflict, HiddenScopeError
 from hiddenscope_core.models import DatasetManifest
+from hiddenscope_core.writer import remove_build_dir
 from hiddenscope_service.jobs import Job, JobStore, body_hash
 from hiddenscope_service.problems import ProblemError, problem_from_exception
 
@@ -422,7 +423,7 @@ def _attempt(
     # an earlier attempt's leftovers: its staging directory, and maybe a finished publication
     old_staging = store.get_note(job_id, "staging_id")
     if old_staging:
-        shutil.rmtree(data_root / "staging" / old_staging, ignore_errors=True)
+        remove_build_dir(data_root, data_root / "staging" / old_staging)
     published = catalog.find_by_job(manifest.name, job_id)
     if published is not None:
         return _Outcome("succeeded", result={"dataset": dataset_summary(published)})

@@ -253,15 +253,13 @@ def run_helper(
                         n_shards = len(writer.shard_ranges())
                         tasks = [(lp.spec.name, k) for lp in plan.layers for k in range(n_shards)]
                     shard_work(plan, writer, phase, tasks[i], settings.chunk_bytes)
-            except (FileNotFoundError, NotFound):
+            except Exception as exc:
                 if not (settings.data_root / "staging" / build_id).exists():
                     return ran  # the build was aborted or superseded meanwhile
-                raise
-            except HiddenScopeError as exc:
-                board.fail(i, problem_from_exception(exc).model_dump(exclude_none=True))
-                return ran
-            except Exception as exc:
-                log.exception("job %s: shard task %s of %s failed unexpectedly", job_id, i, phase)
+                if isinstance(exc, NotFound | FileNotFoundError):
+                    raise
+                if not isinstance(exc, HiddenScopeError):
+                    log.exception("job %s: shard task %s of %s failed", job_id, i, phase)
                 board.fail(i, problem_from_exception(exc).model_dump(exclude_none=True))
                 return ran
             board.done(i)

@@ -111,15 +111,24 @@ def test_leftovers_of_dead_jobs_are_removed(local: tuple[IngestSettings, JobStor
     (settings.uploads_path / "rc-live").rename(live_upload)
     _age(live_upload, 3600)
 
+    # what an abort could not remove at once (a helper was still writing in it)
+    old_trash = settings.data_root / "trash" / "aborted.1234"
+    (old_trash / "layers").mkdir(parents=True)
+    (old_trash / "layers" / "late.parquet").write_bytes(b"x")
+    _age(old_trash, 3600)
+    fresh_trash = settings.data_root / "trash" / "aborted.5678"
+    fresh_trash.mkdir()
+
     dry = reconcile(settings, store, lambda _id: None, dry_run=True, lock=False)
-    assert dry.removed_staging == ["dead-attempt"]
+    assert dry.removed_staging == ["dead-attempt", "trash/aborted.1234"]
     assert old_dead.exists()
+    assert old_trash.exists()
     report = reconcile(settings, store, lambda _id: None, lock=False)
-    assert report.removed_staging == ["dead-attempt"]
+    assert report.removed_staging == ["dead-attempt", "trash/aborted.1234"]
     assert sorted(report.removed_uploads) == sorted([finished, "no-such-job.work"])
-    for path in (old_dead, old_finished, gone_work):
+    for path in (old_dead, old_finished, gone_work, old_trash):
         assert not path.exists(), path
-    for path in (fresh, owned, receiving, live_upload):
+    for path in (fresh, owned, receiving, live_upload, fresh_trash):
         assert path.exists(), path
     store.fail(live, {"status": 500, "title": "test", "detail": "cleanup"})
 
