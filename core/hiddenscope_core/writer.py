@@ -179,6 +179,76 @@ def _stats_transpose_f16(
 
 
 @nb.njit(cache=True, nogil=True)
+def _fast_stats_transpose_f32(v: Any, out: Any, kmin: Any, kmax: Any, csum: Any) -> int:
+    """The fast path of ``_stats_transpose_f32`` for rows without NaN or infinity (the
+    caller re-runs a chunk that has any with the exact kernel, so this one needs no
+    per-value selects): ``out[:, :n] = v.T``; per-cell min/max of the sortable integer keys of
+    the float bits (integer min/max vectorises, float min/max with NaN semantics does not)
+    and the sum. Returns the number of non-finite values (0: the results are valid).
+    ``out``'s row stride must not be a large power of two (the writer pads it), or the 64
+    scattered stores of a row fall into one cache set."""
+    n, d = v.shape
+    vi = v.view(np.int32)
+    big = np.int32(0x7FFFFFFF)
+    bad = np.zeros(d, np.int32)
+    for i in range(n):
+        row = vi[i]
+        xrow = v[i]
+        for j in range(d):
+            u = row[j]
+            k = u ^ ((u >> 31) & big)
+            kmin[j] = min(kmin[j], k)
+            kmax[j] = max(kmax[j], k)
+            bad[j] += np.int32((u & big) >= 0x7F800000)
+        for j in range(d):
+            csum[j] += np.float64(xrow[j])
+        for j in range(d):
+            out[j, i] = xrow[j]
+    return int(bad.sum())
+
+
+@nb.njit(cache=True, nogil=True)
+def _fast_stats_transpose_f16(v: Any, out: Any, kmin: Any, kmax: Any, csum: Any) -> int:
+    """As ``_fast_stats_transpose_f32`` for float16 bit patterns (uint16): integer keys for
+    min/max, and for the sum the value as float32 by moving the bits into place and
+    multiplying by 2^112 (exact for every finite float16, subnormals included)."""
+    n, d = v.shape
+    bad = np.zeros(d, np.int32)
+    f32 = np.zeros(d, np.uint32)
+    fl = f32.view(np.float32)
+    mul = np.float32(2.0**112)
+    for i in range(n):
+        row = v[i]
+        for j in range(d):
+            u = np.int32(row[j])
+            k = u ^ (0x8000 | ((-(u >> 15)) & 0x7FFF))
+            kmin[j] = min(kmin[j], k)
+            kmax[j] = max(kmax[j], k)
+            bad[j] += np.int32((u & 0x7FFF) >= 0x7C00)
+            f32[j] = np.uint32(((u & 0x8000) << 16) | ((u & 0x7FFF) << 13))
+        for j in range(d):
+            csum[j] += np.float64(fl[j] * mul)
+        for j in range(d):
+            out[j, i] = row[j]
+    return int(bad.sum())
+
+
+def _keys_to_f32(kmin: npt.NDArray[np.int32], kmax: npt.NDArray[np.int32], f16: bool) -> tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.float32]
+]:  # fmt: skip
+    """The float32 values of the sortable keys of ``_fast_stats_transpose_*``."""
+    out = []
+    for k in (kmin, kmax):
+        if f16:
+            half = np.where(k & 0x8000, k ^ 0x8000, k ^ 0xFFFF).astype(np.uint16)
+            out.append(half.view(np.float16).astype(np.float32))
+        else:
+            bits32 = k ^ ((k >> 31) & np.int32(0x7FFFFFFF))
+            out.append(bits32.astype(np.int32).view(np.float32))
+    return out[0], out[1]
+
+
+@nb.njit(cache=True, nogil=True)
 def _hist_col(col: Any, lo: float, scale: float, hist: Any) -> None:
     nb_ = hist.shape[0]
     for i in range(col.shape[0]):
@@ -541,7 +611,8 @@ class LayerWriter:
         self._fill = 0
         self.rows_written = 0  # rows flushed or buffered
         self._flushed = start  # the step of the first row not yet flushed
-        self._tbuf = np.empty((d, self._buf_rows), self._val_dtype)
+        # transposed rows; the row stride is padded off a power of two (see the kernels)
+        self._tbuf = np.empty((d, self._buf_rows + 64), self._val_dtype)[:, : self._buf_rows]
         self.cmin = np.full(d, np.inf, np.float32)
         self.cmax = np.full(d, -np.inf, np.float32)
         self.csum = np.zeros(d, np.float64)
@@ -635,7 +706,22 @@ class LayerWriter:
         cmin, cmax = self.cmin.copy(), self.cmax.copy()
         csum, cnan = self.csum.copy(), self.cnan.copy()
         tb = self._tbuf
-        if v.dtype == np.float16:
+        f16 = v.dtype == np.float16
+        # the fast kernel first; a chunk with NaN or infinity is redone by the exact one
+        kmin = np.full(self.info.n_cells, np.iinfo(np.int32).max, np.int32)
+        kmax = np.full(self.info.n_cells, np.iinfo(np.int32).min, np.int32)
+        fsum = np.zeros(self.info.n_cells, np.float64)
+        if f16:
+            bad = _fast_stats_transpose_f16(v.view(np.uint16), tb.view(np.uint16), kmin, kmax, fsum)
+        else:
+            bad = _fast_stats_transpose_f32(v, tb, kmin, kmax, fsum)
+        n_inf = 0
+        if bad == 0:
+            lo, hi = _keys_to_f32(kmin, kmax, f16)
+            np.minimum(cmin, lo, out=cmin)
+            np.maximum(cmax, hi, out=cmax)
+            csum += fsum
+        elif f16:
             assert self._lut is not None
             n_inf = _stats_transpose_f16(
                 v.view(np.uint16), self._lut, tb.view(np.uint16), cmin, cmax, csum, cnan

@@ -545,3 +545,57 @@ def test_intervals_across_small_chunks(
             s, e = ds.on_intervals("l1", theta, c)
             on = x[:, c] >= theta
             assert list(zip(s.tolist(), e.tolist(), strict=True)) == brute_intervals(on, starts)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(["float32", "float16"]),
+    T=st.integers(1, 700),
+    D=st.integers(1, 5),
+)
+def test_cell_statistics_exact_whatever_the_values(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    data: st.DataObject,
+    dtype: str,
+    T: int,
+    D: int,
+) -> None:
+    """min, max, NaN count and mean per cell equal numpy's on the stored values, for buffers
+    with and without NaN (the writer's fast statistics kernel and its exact fallback), signed
+    zeros, subnormals and the largest finite values of the dtype."""
+    import hiddenscope_core.writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 64 * D * 4)  # flushes of 64 rows
+    info = np.finfo(np.dtype(dtype))
+    pool = np.array(
+        [0.0, -0.0, 0.5, -0.75, float(info.tiny) / 4, -float(info.tiny) / 2, float(info.max),
+         -float(info.max), 1e-3, np.nan],
+        np.float64,
+    ).astype(dtype)  # fmt: skip
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((T, D)).astype(dtype)
+    mask = rng.random((T, D)) < data.draw(st.sampled_from([0.0, 0.05, 0.5]))
+    x[mask] = rng.choice(pool, mask.sum())
+    if data.draw(st.booleans()):
+        x[:, 0] = np.nan  # an all-NaN cell
+    root = tmp_path_factory.mktemp("stats")
+    write_dataset(root, "s", x, dtype=dtype, transform="none", chunk=50, thresholds=[0.0])
+    ds = Catalog(root).get("s")
+    stats = ds.cell_stats("l1")
+    xf = x.astype(np.float64)
+    for c in range(D):
+        col = xf[:, c]
+        assert stats["nan_count"][c] == np.isnan(col).sum()
+        if np.isnan(col).all():
+            assert np.isnan(stats["min"][c])
+            assert np.isnan(stats["max"][c])
+            assert np.isnan(stats["mean"][c])
+            continue
+        assert stats["min"][c] == np.nanmin(col)
+        assert stats["max"][c] == np.nanmax(col)
+        scale = np.nanmax(np.abs(col))
+        assert abs(stats["mean"][c] - np.nanmean(col)) <= 1e-12 * scale + 1e-12
