@@ -287,6 +287,25 @@ def _fold_word(
     ons[g, c] += _popcount(word)
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _hist_add(colf: Any, lo: float, scale: float, h: Any, idx: Any) -> None:
+    """Add the values of ``colf`` (float32) to the histogram ``h``; NaN is not counted. The
+    bin indices are computed in one vectorised pass into ``idx``, then counted (one pass that
+    does both is about 1.3x slower: the increments stall the conversions)."""
+    nb_ = h.shape[0]
+    top = np.float32(nb_ - 1)
+    lo32, sc32 = np.float32(lo), np.float32(scale)
+    m = colf.shape[0]
+    for i in range(m):
+        x = colf[i]
+        f = min(max((x - lo32) * sc32, np.float32(0.0)), top)
+        idx[i] = np.int32(f) if x == x else -1
+    for i in range(m):
+        k = idx[i]
+        if k >= 0:
+            h[k] += 1
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
 def _planes_block_f32(
     vals: Any,
@@ -306,38 +325,29 @@ def _planes_block_f32(
     buffer ``pl`` ``(G, D, nw)``; run starts into ``counts`` ``(G, D)`` and on steps into
     ``ons``; the values into the histogram. ``vals`` is the whole ``(D, T)`` float32 array,
     ``th32[g]`` the smallest float32 ``>= θ_g`` (so ``v >= θ`` is ``v >= th32``; NaN is off).
-    Each comparison writes a byte and ``_pack_bytes`` gathers 64 of them: the compare loop
-    vectorises, unlike a shift-or per bit."""
+    A word is the or of the 64 comparisons shifted into place, which LLVM vectorises: for
+    float32 1.5-2x faster than comparing into bytes and gathering them with ``_pack_bytes``
+    (which stays the faster way for the 16-bit keys of ``_planes_block_f16``)."""
     d = vals.shape[0]
     g_n = th32.shape[0]
     n = b1 - b0
     nw = (n + 63) >> 6
-    nb_ = hist.shape[1]
     for c in nb.prange(d):
         col = vals[c, b0:b1]
-        cmp = np.zeros(64, np.uint8)
-        c64 = cmp.view(np.uint64)
-        h = hist[c]
         for w in range(nw):
             base = w << 6
-            if base + 64 <= n:
-                for g in range(g_n):
-                    t = th32[g]
+            m = min(64, n - base)  # the last word may be partial: bits past the data stay 0
+            for g in range(g_n):
+                t = th32[g]
+                word = np.uint64(0)
+                if m == 64:
                     for j in range(64):
-                        cmp[j] = col[base + j] >= t
-                    _fold_word(_pack_bytes(c64), g, c, w, bm, carry, pl, counts, ons)
-            else:  # the last, partial word: bits past the data stay 0
-                for g in range(g_n):
-                    t = th32[g]
-                    cmp[:] = 0
-                    for j in range(n - base):
-                        cmp[j] = col[base + j] >= t
-                    _fold_word(_pack_bytes(c64), g, c, w, bm, carry, pl, counts, ons)
-        for i in range(n):
-            x = col[i]
-            if x == x:
-                b = int((x - lo) * scale)
-                h[min(max(b, 0), nb_ - 1)] += 1
+                        word |= np.uint64(col[base + j] >= t) << np.uint64(j)
+                else:
+                    for j in range(m):
+                        word |= np.uint64(col[base + j] >= t) << np.uint64(j)
+                _fold_word(word, g, c, w, bm, carry, pl, counts, ons)
+        _hist_add(col, lo, scale, hist[c], np.empty(n, np.int32))
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
