@@ -37,7 +37,7 @@ bench: setup      ## benchmarks (not tests): T = 1e7 and 1e8; prints ratios agai
 	$(PY) python -m bench.core_bench --steps 10000000 100000000
 
 bench-small: setup
-	$(PY) python -m bench.core_bench --steps 1000000 --repeats 3
+	$(PY) python -m bench.core_bench --steps 1000000 --repeats 3 --build-repeats 3
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
