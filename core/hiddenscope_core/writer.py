@@ -19,7 +19,8 @@ Measured choices (2-vCPU reference box, D=64; numbers in the lead's notes and th
   directory; readers set ``file_search_path``, see ``reader.Dataset.connect``). Reason: DuckDB
   inserts run at 10-27 M rows/s, while noisy LSTM-like states give ~20 on-intervals per step at
   D=64 and 9 thresholds (2e8 per 1e7 steps), i.e. 8-20 s of inserts per 1e7 steps; pyarrow
-  writes the same rows at ~45 M rows/s on a background core at ~1.8 bytes per row.
+  encodes the same rows at ~45 M rows/s, so they are encoded by our own numba Parquet writer
+  (``parquet_intervals``: same file, several times faster) on a background thread.
 * The intervals are emitted after all planes are built, in units of (threshold, cell, 2^24-step
   chunk) whose sizes the plane pass counts: every unit is independent (a run belongs to the chunk
   where it starts, and its unit reads on past the chunk end until the run ends), so the units run
@@ -68,6 +69,7 @@ from hiddenscope_core.models import (
     TrackInfo,
     Transform,
 )
+from hiddenscope_core.parquet_intervals import IntervalParquetWriter
 from hiddenscope_core.thresholds import default_grid, validate_grid
 from hiddenscope_core.transforms import transform_values, values_dtype
 
@@ -1934,8 +1936,9 @@ def _hist_quantiles(
 
 
 class _IntervalWriter:
-    """Writes interval batches to Parquet part files from a background thread, so the next
-    batch's extraction runs meanwhile (pyarrow and numba release the GIL). Batches are
+    """Writes interval batches to Parquet part files (``parquet_intervals``, several times
+    faster than pyarrow's encoder) from a background thread, so the next batch's extraction
+    runs meanwhile (both kernels release the GIL). Batches are
     extracted into a pool of three reused buffer sets (one being filled, one queued, one being
     written), which bounds memory and spares the page faults of fresh arrays (on this VM class,
     first-touching the ~12 bytes per interval cost more than extracting them). Every layer
@@ -1944,21 +1947,13 @@ class _IntervalWriter:
     def __init__(self, directory: Path, wide: bool) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.dir = directory
-        pos = pa.int64() if wide else pa.uint32()
-        self.schema = pa.schema(
-            [
-                pa.field("threshold_index", pa.int16(), False),
-                pa.field("cell", pa.int32(), False),
-                pa.field("start", pos, False),
-                pa.field("end", pos, False),
-            ]
-        )
+        self.wide = wide
         self._q: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=1)
         self._free: queue.Queue[int] = queue.Queue()
         self._sets: list[tuple[npt.NDArray[Any], ...]] = []
         self._current: int | None = None
         self._error: BaseException | None = None
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: IntervalParquetWriter | None = None
         self._n_files = 0
         self._rows_in_file = 0
         self.waited = 0.0
@@ -1997,14 +1992,9 @@ class _IntervalWriter:
         self._current = None
         self.waited += time.perf_counter() - tic
 
-    def _open(self) -> pq.ParquetWriter:
-        w = pq.ParquetWriter(
-            self.dir / f"part-{self._n_files:05d}.parquet",
-            self.schema,
-            compression="none",
-            use_dictionary=False,
-            column_encoding=dict.fromkeys(INTERVAL_COLUMNS, "DELTA_BINARY_PACKED"),
-            write_statistics=["threshold_index", "cell", "start"],
+    def _open(self) -> IntervalParquetWriter:
+        w = IntervalParquetWriter(
+            self.dir / f"part-{self._n_files:05d}.parquet", self.wide, INTERVAL_ROW_GROUP
         )
         self._n_files += 1
         self._rows_in_file = 0
@@ -2024,11 +2014,7 @@ class _IntervalWriter:
                         self._writer.close()
                     self._writer = self._open()
                 g, cell, start, end = (col[:rows] for col in self._sets[i])
-                table = pa.table(
-                    {"threshold_index": g, "cell": cell, "start": start, "end": end},
-                    schema=self.schema,
-                )
-                self._writer.write_table(table, INTERVAL_ROW_GROUP)
+                self._writer.write(g, cell, start, end)
                 self._rows_in_file += rows
             except BaseException as e:
                 self._error = e
