@@ -293,7 +293,7 @@ def _fold_word(
 def _hist_add(colf: Any, lo: float, scale: float, h: Any, idx: Any) -> None:
     """Add the values of ``colf`` (float32) to the histogram ``h``; NaN is not counted. The
     bin indices are computed in one vectorised pass into ``idx``, then counted (one pass that
-    does both is about 1.3x slower: the increments stall the conversions)."""
+    does both is about 1.2x slower: the increments stall the conversions)."""
     nb_ = h.shape[0]
     top = np.float32(nb_ - 1)
     lo32, sc32 = np.float32(lo), np.float32(scale)
@@ -328,7 +328,7 @@ def _planes_block_f32(
     ``ons``; the values into the histogram. ``vals`` is the whole ``(D, T)`` float32 array,
     ``th32[g]`` the smallest float32 ``>= θ_g`` (so ``v >= θ`` is ``v >= th32``; NaN is off).
     A word is the or of the 64 comparisons shifted into place, which LLVM vectorises: for
-    float32 1.5-2x faster than comparing into bytes and gathering them with ``_pack_bytes``
+    float32 1.4-1.8x faster than comparing into bytes and gathering them with ``_pack_bytes``
     (which stays the faster way for the 16-bit keys of ``_planes_block_f16``)."""
     d = vals.shape[0]
     g_n = th32.shape[0]
