@@ -14,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 U64 = np.uint64
@@ -41,9 +43,61 @@ def _ctz64(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
+def _ge64_codegen(elem: Any, unsigned_int: bool) -> Any:
+    """Code of ``ge64_*``: load 64 lanes from ``&arr[i]``, compare each with the scalar, and
+    bitcast the ``<64 x i1>`` result to an i64 (one ``vcmpps`` into a mask register per 16
+    lanes with AVX-512, compare + ``vmovmskps`` with AVX2)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arr, i, x = args
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, arr)
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [i])
+        vty = ir.VectorType(elem, 64)
+        align = 2 if isinstance(elem, ir.IntType) else 4
+        v = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=align)
+        i32 = ir.IntType(32)
+        xv = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(i32, 0))
+        xv = builder.shuffle_vector(
+            xv, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, 64), [0] * 64)
+        )
+        if unsigned_int:
+            m = builder.icmp_unsigned(">=", v, xv)
+        else:
+            m = builder.fcmp_ordered(">=", v, xv)  # false for NaN
+        return builder.bitcast(m, ir.IntType(64))
+
+    return codegen
+
+
+def _check_ge64(arr: Any, dtype: Any) -> None:
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
+        raise TypingError("ge64 needs a 1-D C-contiguous array")
+    if arr.dtype != dtype:
+        raise TypingError(f"ge64 needs {dtype} values, got {arr.dtype}")
+
+
+@intrinsic
+def _ge64_f32(typingctx: Any, arr: Any, i: Any, x: Any) -> Any:
+    """Bit ``j`` := ``arr[i + j] >= x`` for ``j < 64`` (float32; NaN is off). The caller
+    guarantees ``i + 64 <= len(arr)``."""
+    _check_ge64(arr, types.float32)
+    return types.uint64(arr, types.intp, types.float32), _ge64_codegen(ir.FloatType(), False)
+
+
+@intrinsic
+def _ge64_u16(typingctx: Any, arr: Any, i: Any, x: Any) -> Any:
+    """Bit ``j`` := ``arr[i + j] >= x`` for ``j < 64``, unsigned 16-bit. The caller
+    guarantees ``i + 64 <= len(arr)``."""
+    _check_ge64(arr, types.uint16)
+    return types.uint64(arr, types.intp, types.uint16), _ge64_codegen(ir.IntType(16), True)
+
+
 # typed as Any: mypy reads an intrinsic's signature as (typingctx, x), numba calls it as f(x)
 popcount64: Any = _popcount64
 ctz64: Any = _ctz64
+ge64_f32: Any = _ge64_f32
+ge64_u16: Any = _ge64_u16
 
 
 def n_words(n_steps: int) -> int:

@@ -305,6 +305,54 @@ def _pack_le64(du: Any, a: int, w: int, out: Any, p: int) -> int:
     return p
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _page_headers(out: Any, p: int, size: int, n: int, first: Any) -> int:
+    """The page header of a data page of ``n`` values whose DELTA_BINARY_PACKED stream takes
+    ``size`` bytes, then the stream's header (block size 128, 4 miniblocks, ``n``, the zigzag
+    ``first`` value), at ``out[p]``; returns the position after them (the first block)."""
+    # page header: PageHeader{1: type, 2: uncompressed size, 3: compressed size,
+    # 5: DataPageHeader{1: num_values, 2: encoding, 3, 4: level encodings (RLE)}}; field
+    # headers are (id delta << 4 | type) with i32 = 5 and struct = 12, i32 values zigzag
+    zsize = _U(size) << _U(1)
+    out[p] = 0x15
+    out[p + 1] = 2 * _DATA_PAGE
+    p += 2
+    for _ in range(2):
+        out[p] = 0x15
+        p = _put_varint(out, p + 1, zsize)
+    out[p] = 0x2C  # field 5 (delta 2), struct
+    out[p + 1] = 0x15
+    p = _put_varint(out, p + 2, _U(n) << _U(1))
+    out[p] = 0x15
+    out[p + 1] = 2 * _DELTA_BINARY_PACKED
+    out[p + 2] = 0x15
+    out[p + 3] = 2 * _RLE
+    out[p + 4] = 0x15
+    out[p + 5] = 2 * _RLE
+    out[p + 6] = 0  # end of DataPageHeader
+    out[p + 7] = 0  # end of PageHeader
+    p += 8
+    out[p] = 0x80
+    out[p + 1] = 0x01
+    out[p + 2] = 4
+    p = _put_varint(out, p + 3, n)
+    return _put_varint(out, p, first)
+
+
+@nb.njit(cache=True, nogil=True)
+def _const_page(value: int, n: int, wide: bool, out: Any, p: int) -> int:
+    """Write a data page of ``n >= 1`` values all equal to ``value`` at ``out[p]`` (physical
+    INT64 if ``wide``, else INT32), byte for byte what ``_encode_page`` writes for it, without
+    reading any values. Returns the position after the page."""
+    v = np.int64(value) if wide else np.int64(np.int32(value))
+    first = _zigzag(v)
+    nblocks = (n - 1 + _BLOCK - 1) // _BLOCK
+    size = 3 + _varint_len(n) + _varint_len(first) + 5 * nblocks
+    p = _page_headers(out, p, size, n, first)
+    out[p : p + 5 * nblocks] = 0
+    return p + 5 * nblocks
+
+
 @nb.njit(cache=True, nogil=True)
 def _encode_page(
     v: Any, out: Any, p: int, d: Any, du: Any, bmin: Any, bw: Any
@@ -388,35 +436,9 @@ def _encode_page(
                 for i in range(_BLOCK):
                     k = uj + _U(i)
                     d[k] = d[k] - mn
-    # page header: PageHeader{1: type, 2: uncompressed size, 3: compressed size,
-    # 5: DataPageHeader{1: num_values, 2: encoding, 3, 4: level encodings (RLE)}}; field
-    # headers are (id delta << 4 | type) with i32 = 5 and struct = 12, i32 values zigzag
-    zsize = _U(size) << _U(1)
-    out[p] = 0x15
-    out[p + 1] = 2 * _DATA_PAGE
-    p += 2
-    for _ in range(2):
-        out[p] = 0x15
-        p = _put_varint(out, p + 1, zsize)
-    out[p] = 0x2C  # field 5 (delta 2), struct
-    out[p + 1] = 0x15
-    p = _put_varint(out, p + 2, _U(n) << _U(1))
-    out[p] = 0x15
-    out[p + 1] = 2 * _DELTA_BINARY_PACKED
-    out[p + 2] = 0x15
-    out[p + 3] = 2 * _RLE
-    out[p + 4] = 0x15
-    out[p + 5] = 2 * _RLE
-    out[p + 6] = 0  # end of DataPageHeader
-    out[p + 7] = 0  # end of PageHeader
-    p += 8
+    p = _page_headers(out, p, size, n, first)
     # pass 2: the stream
-    start = p
-    out[p] = 0x80
-    out[p + 1] = 0x01
-    out[p + 2] = 4
-    p = _put_varint(out, p + 3, n)
-    p = _put_varint(out, p, first)
+    start = p - (3 + _varint_len(n) + _varint_len(first))
     if const:
         out[p : p + 5 * nblocks] = 0
         p += 5 * nblocks
@@ -466,7 +488,7 @@ def _encode_pages(
     return p, pages, lo, hi
 
 
-def _worst_case_bytes(rows: int, page_rows: int, itemsize: int) -> int:
+def worst_case_bytes(rows: int, page_rows: int, itemsize: int) -> int:
     """An upper bound of the encoded size of ``rows`` values in pages of ``page_rows``: page
     header (<= 30 bytes) and stream header (<= 18), per block a min delta (<= 10) and 4
     widths, and at most ``itemsize`` bytes per value (a miniblock is padded to 32 values), plus
@@ -553,7 +575,16 @@ class _Compact:
 # ------------------------------------------------------------------------------- the writer
 
 
-class _ChunkMeta:
+_Dtypes = tuple[np.dtype[Any], ...]
+
+
+def _dtypes(wide: bool) -> _Dtypes:
+    """The columns' dtypes."""
+    pos = np.dtype(np.int64 if wide else np.uint32)
+    return (np.dtype(np.int16), np.dtype(np.int32), pos, pos)
+
+
+class ChunkMeta:
     """What the footer needs of one column chunk."""
 
     __slots__ = ("hi", "lo", "n_pages", "offset", "size")
@@ -591,13 +622,10 @@ class IntervalParquetWriter:
         self.wide = bool(wide)
         self.row_group_rows = int(row_group_rows)
         self.page_rows = min(int(page_rows), self.row_group_rows)
-        pos = np.dtype(np.int64 if self.wide else np.uint32)
-        self.dtypes: tuple[np.dtype[Any], ...] = (np.dtype(np.int16), np.dtype(np.int32), pos, pos)
+        self.dtypes = _dtypes(self.wide)
         self._phys_wide = (False, False, self.wide, self.wide)  # INT64 (else INT32) physical
         self._bufs = [
-            np.empty(
-                _worst_case_bytes(self.row_group_rows, self.page_rows, 8 if w else 4), np.uint8
-            )
+            np.empty(worst_case_bytes(self.row_group_rows, self.page_rows, 8 if w else 4), np.uint8)
             for w in self._phys_wide
         ]
         self._carry = [np.empty(self.page_rows, dt) for dt in self.dtypes]
@@ -614,7 +642,7 @@ class IntervalParquetWriter:
         self._pages = [0, 0, 0, 0]
         self._lo: list[int] = [0, 0, 0, 0]
         self._hi: list[int] = [0, 0, 0, 0]
-        self._row_groups: list[tuple[int, list[_ChunkMeta]]] = []
+        self._row_groups: list[tuple[int, list[ChunkMeta]]] = []
         self.num_rows = 0
         self._f: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed by close()
         self._f.write(_MAGIC)
@@ -716,7 +744,7 @@ class IntervalParquetWriter:
         for c in range(4):
             size = self._pos[c]
             self._f.write(self._bufs[c][:size].data)
-            metas.append(_ChunkMeta(self._offset, size, self._pages[c], self._lo[c], self._hi[c]))
+            metas.append(ChunkMeta(self._offset, size, self._pages[c], self._lo[c], self._hi[c]))
             self._offset += size
         self._row_groups.append((self._rg_rows, metas))
         self.num_rows += self._rg_rows
@@ -737,98 +765,107 @@ class IntervalParquetWriter:
             self._f.close()
             self._f = None
 
-    # ------------------------------------------------------------------------------- footer
-
-    def _statistics(self, t: _Compact, c: int, m: _ChunkMeta) -> None:
-        """ColumnMetaData.statistics: min/max as the physical value's little-endian bytes (a
-        uint32 has the bits of its INT32), also in the legacy fields for the signed columns
-        (whose order those assume), as arrow writes them."""
-        dt = self.dtypes[c]
-        fmt = "<q" if dt.itemsize == 8 else ("<I" if dt.kind == "u" else "<i")
-        lo, hi = struct.pack(fmt, m.lo), struct.pack(fmt, m.hi)
-        t.begin(12)
-        if dt.kind == "i":
-            t.binary(1, hi)  # max
-            t.binary(2, lo)  # min
-        t.integer(3, 0, t.I64)  # null_count
-        t.binary(5, hi)  # max_value
-        t.binary(6, lo)  # min_value
-        t.boolean(7, True)  # is_max_value_exact
-        t.boolean(8, True)  # is_min_value_exact
-        t.end()
-
-    def _schema_element(self, t: _Compact, c: int) -> None:
-        """A leaf of the schema: physical type, REQUIRED, name and, for int16 and uint32, the
-        converted and the logical type (IntType{bitWidth, isSigned}); int32/int64 need none."""
-        dt = self.dtypes[c]
-        t.begin()
-        t.integer(1, _INT64 if dt.itemsize == 8 else _INT32)
-        t.integer(3, _REQUIRED)
-        t.binary(4, COLUMNS[c])
-        if dt in (np.dtype(np.int16), np.dtype(np.uint32)):
-            t.integer(6, _INT_16 if dt.kind == "i" else _UINT_32)  # converted_type
-            t.begin(10)  # logicalType
-            t.begin(10)  # LogicalType.INTEGER
-            t.byte(1, 8 * dt.itemsize)
-            t.boolean(2, dt.kind == "i")
-            t.end()
-            t.end()
-        t.end()
-
     def _footer(self) -> bytes:
-        """FileMetaData (thrift compact), laid out as arrow lays it out."""
-        t = _Compact()
-        t.integer(1, 2)  # version
-        t.list(2, t.STRUCT, 5)  # schema: the root and the four columns
+        return footer_bytes(self.wide, self.num_rows, self._row_groups)
+
+
+# ------------------------------------------------------------------------------- footer
+
+
+def _statistics(t: _Compact, dtypes: _Dtypes, c: int, m: ChunkMeta) -> None:
+    """ColumnMetaData.statistics: min/max as the physical value's little-endian bytes (a
+    uint32 has the bits of its INT32), also in the legacy fields for the signed columns
+    (whose order those assume), as arrow writes them."""
+    dt = dtypes[c]
+    fmt = "<q" if dt.itemsize == 8 else ("<I" if dt.kind == "u" else "<i")
+    lo, hi = struct.pack(fmt, m.lo), struct.pack(fmt, m.hi)
+    t.begin(12)
+    if dt.kind == "i":
+        t.binary(1, hi)  # max
+        t.binary(2, lo)  # min
+    t.integer(3, 0, t.I64)  # null_count
+    t.binary(5, hi)  # max_value
+    t.binary(6, lo)  # min_value
+    t.boolean(7, True)  # is_max_value_exact
+    t.boolean(8, True)  # is_min_value_exact
+    t.end()
+
+
+def _schema_element(t: _Compact, dtypes: _Dtypes, c: int) -> None:
+    """A leaf of the schema: physical type, REQUIRED, name and, for int16 and uint32, the
+    converted and the logical type (IntType{bitWidth, isSigned}); int32/int64 need none."""
+    dt = dtypes[c]
+    t.begin()
+    t.integer(1, _INT64 if dt.itemsize == 8 else _INT32)
+    t.integer(3, _REQUIRED)
+    t.binary(4, COLUMNS[c])
+    if dt in (np.dtype(np.int16), np.dtype(np.uint32)):
+        t.integer(6, _INT_16 if dt.kind == "i" else _UINT_32)  # converted_type
+        t.begin(10)  # logicalType
+        t.begin(10)  # LogicalType.INTEGER
+        t.byte(1, 8 * dt.itemsize)
+        t.boolean(2, dt.kind == "i")
+        t.end()
+        t.end()
+    t.end()
+
+
+def footer_bytes(wide: bool, num_rows: int, row_groups: list[tuple[int, list[ChunkMeta]]]) -> bytes:
+    """The FileMetaData (thrift compact) of an interval file with ``num_rows`` rows in
+    ``row_groups`` ((rows, the four column chunks) each), laid out as arrow lays it out."""
+    dtypes = _dtypes(wide)
+    t = _Compact()
+    t.integer(1, 2)  # version
+    t.list(2, t.STRUCT, 5)  # schema: the root and the four columns
+    t.begin()
+    t.integer(3, _REQUIRED)
+    t.binary(4, "schema")
+    t.integer(5, 4)  # num_children
+    t.end()
+    for c in range(4):
+        _schema_element(t, dtypes, c)
+    t.integer(3, num_rows, t.I64)
+    t.list(4, t.STRUCT, len(row_groups))
+    for rows, metas in row_groups:
         t.begin()
-        t.integer(3, _REQUIRED)
-        t.binary(4, "schema")
-        t.integer(5, 4)  # num_children
-        t.end()
-        for c in range(4):
-            self._schema_element(t, c)
-        t.integer(3, self.num_rows, t.I64)
-        t.list(4, t.STRUCT, len(self._row_groups))
-        for rows, metas in self._row_groups:
+        t.list(1, t.STRUCT, 4)  # columns
+        for c, m in enumerate(metas):
+            t.begin()  # ColumnChunk
+            t.integer(2, 0, t.I64)  # file_offset (deprecated)
+            t.begin(3)  # ColumnMetaData
+            t.integer(1, _INT64 if dtypes[c].itemsize == 8 else _INT32)
+            t.list(2, t.I32, 2)  # encodings
+            t.element(_RLE)
+            t.element(_DELTA_BINARY_PACKED)
+            t.list(3, t.BINARY, 1)  # path_in_schema
+            t.binary(None, COLUMNS[c])
+            t.integer(4, _UNCOMPRESSED)
+            t.integer(5, rows, t.I64)  # num_values
+            t.integer(6, m.size, t.I64)  # total_uncompressed_size
+            t.integer(7, m.size, t.I64)  # total_compressed_size
+            t.integer(9, m.offset, t.I64)  # data_page_offset
+            if _STATS_COLUMNS[c]:
+                _statistics(t, dtypes, c, m)
+            t.list(13, t.STRUCT, 1)  # encoding_stats
             t.begin()
-            t.list(1, t.STRUCT, 4)  # columns
-            for c, m in enumerate(metas):
-                t.begin()  # ColumnChunk
-                t.integer(2, 0, t.I64)  # file_offset (deprecated)
-                t.begin(3)  # ColumnMetaData
-                t.integer(1, _INT64 if self._phys_wide[c] else _INT32)
-                t.list(2, t.I32, 2)  # encodings
-                t.element(_RLE)
-                t.element(_DELTA_BINARY_PACKED)
-                t.list(3, t.BINARY, 1)  # path_in_schema
-                t.binary(None, COLUMNS[c])
-                t.integer(4, _UNCOMPRESSED)
-                t.integer(5, rows, t.I64)  # num_values
-                t.integer(6, m.size, t.I64)  # total_uncompressed_size
-                t.integer(7, m.size, t.I64)  # total_compressed_size
-                t.integer(9, m.offset, t.I64)  # data_page_offset
-                if _STATS_COLUMNS[c]:
-                    self._statistics(t, c, m)
-                t.list(13, t.STRUCT, 1)  # encoding_stats
-                t.begin()
-                t.integer(1, _DATA_PAGE)
-                t.integer(2, _DELTA_BINARY_PACKED)
-                t.integer(3, m.n_pages)
-                t.end()
-                t.end()
-                t.end()
-            total = sum(m.size for m in metas)
-            t.integer(2, total, t.I64)  # total_byte_size
-            t.integer(3, rows, t.I64)  # num_rows
-            t.integer(5, metas[0].offset, t.I64)  # file_offset
-            t.integer(6, total, t.I64)  # total_compressed_size
-            t.end()
-        t.binary(6, CREATED_BY)
-        t.list(7, t.STRUCT, 4)  # column_orders
-        for _ in range(4):
-            t.begin()
-            t.begin(1)  # TYPE_ORDER (an empty struct)
+            t.integer(1, _DATA_PAGE)
+            t.integer(2, _DELTA_BINARY_PACKED)
+            t.integer(3, m.n_pages)
             t.end()
             t.end()
+            t.end()
+        total = sum(m.size for m in metas)
+        t.integer(2, total, t.I64)  # total_byte_size
+        t.integer(3, rows, t.I64)  # num_rows
+        t.integer(5, metas[0].offset, t.I64)  # file_offset
+        t.integer(6, total, t.I64)  # total_compressed_size
         t.end()
-        return bytes(t.buf)
+    t.binary(6, CREATED_BY)
+    t.list(7, t.STRUCT, 4)  # column_orders
+    for _ in range(4):
+        t.begin()
+        t.begin(1)  # TYPE_ORDER (an empty struct)
+        t.end()
+        t.end()
+    t.end()
+    return bytes(t.buf)
