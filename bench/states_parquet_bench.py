@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 from hiddenscope_core.direct_io import aligned_empty
 from hiddenscope_core.parquet_states import StatesParquetWriter
 from hiddenscope_core.writer import (
-    PARQUET_COMPRESSION,
     PART_STEPS,
     ROW_GROUP_STEPS,
     STATES_META_CELLS,
@@ -65,7 +64,7 @@ def write_pyarrow(out: Path, batches: Batches, n_batches: int, part_steps: int) 
             w = pq.ParquetWriter(
                 out / f"part-{part:05d}.parquet",
                 schema,
-                compression=PARQUET_COMPRESSION,
+                compression="none",
                 use_dictionary=False,
                 write_statistics=False,
             )

@@ -52,7 +52,7 @@ def _ge64_codegen(elem: Any, unsigned_int: bool) -> Any:
         arr, i, x = args
         aty = signature.args[0]
         ary = context.make_array(aty)(context, builder, arr)
-        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [i])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [i])  # type: ignore[no-untyped-call]
         vty = ir.VectorType(elem, 64)
         align = 2 if isinstance(elem, ir.IntType) else 4
         v = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=align)

@@ -52,6 +52,7 @@ def dio_alignment(path: str) -> int | None:
         return None
     return max(mem, off)
 
+
 _BOUNCE_BYTES = 4 << 20
 
 
@@ -61,7 +62,8 @@ def aligned_empty(shape: int | tuple[int, ...], dtype: Any, align: int = ALIGN) 
     n = int(np.prod(shape)) * dt.itemsize
     raw = np.empty(n + align, np.uint8)
     off = (-raw.ctypes.data) % align
-    return raw[off : off + n].view(dt).reshape(shape)
+    out: npt.NDArray[Any] = raw[off : off + n].view(dt).reshape(shape)
+    return out
 
 
 class DirectFile:

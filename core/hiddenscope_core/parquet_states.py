@@ -33,8 +33,16 @@ Format (``parquet-format``: ``parquet.thrift``, ``Encodings.md``):
   an aligned staging buffer and the whole blocks are written with ``O_DIRECT``.
 * The last partial block and the footer are written through the page cache at ``close``
   (they never share a block with an ``O_DIRECT`` write). Where ``O_DIRECT`` is unavailable
-  (tmpfs) or the first direct write fails with EINVAL, everything goes through the page cache
-  (without the staging copies); the file is the same byte for byte.
+  (some file systems; tmpfs before Linux 6.6) or a direct write fails with EINVAL, the rest
+  goes through the page cache (the data without staging copies); the file is the same byte
+  for byte.
+
+Measured (2-vCPU VM, ext4 on virtio; 2 GB of float32 rows with D = 64 in 65536-row aligned
+batches, part files of 2**20 steps, median of 3; ``PYTHONPATH=. uv run --frozen --all-extras
+python -m bench.states_parquet_bench --gb 2``): 0.03 user + 0.01 system CPU-seconds a GB
+against pyarrow's 0.22 + 0.24 (which leaves the page cache's writeback to kernel threads on
+top), at the same wall time (~0.5 s a GB: the disk's speed, waited for in ``write``). The
+footer takes ~2 ms for 1024 row groups.
 
 Memory: a 4 MB staging buffer and, once ``write`` is given a number of rows that does not end
 a row group, a carry of one row group.
@@ -194,6 +202,7 @@ class StatesParquetWriter:
         self.num_rows = 0
         self.direct_bytes = 0
         self.closed = False
+        self._failed = False  # a write raised: close() refuses to write a footer
         self._file = DirectFile(self.path, size=0)
         self._direct = self._file.direct
         # The staging buffer mirrors the file from file offset _seg_file at stage[_s0] to the
@@ -204,7 +213,7 @@ class StatesParquetWriter:
         self._s0 = 0
         self._s1 = 0
         self._seg_file = 0
-        self._queue: list[npt.NDArray[np.uint8]] = []
+        self._queue: list[memoryview] = []  # of 1-d uint8 arrays
         self._q_off = 0
         self._copy(np.frombuffer(_MAGIC, np.uint8))
 
@@ -246,7 +255,16 @@ class StatesParquetWriter:
         """
         if self.closed:
             raise ValueError("the writer is closed")
+        if self._failed:
+            raise ValueError("an earlier write failed; abort() the writer")
         flat = self._as_bytes(rows)
+        try:
+            self._write(flat)
+        except BaseException:
+            self._failed = True  # the file and the writer's state may disagree
+            raise
+
+    def _write(self, flat: npt.NDArray[np.uint8]) -> None:
         rb, R = self.row_bytes, self.row_group_rows
         n = flat.size // rb
         if n == 0:
@@ -263,8 +281,18 @@ class StatesParquetWriter:
                 self._row_group(carry, R)
                 self._carry_n = 0
         while n - i >= R:  # whole row groups straight from the batch
-            self._row_group(flat[i * rb : (i + R) * rb], R)
-            i += R
+            data = flat[i * rb :]
+            if (
+                self.aligned_layout
+                and self.bytes_written % ALIGN == 0
+                and (not self._direct or data.ctypes.data % ALIGN == 0)
+            ):
+                k = (n - i) // R
+                self._aligned_row_groups(data[: k * R * rb], k)
+                i += k * R
+            else:
+                self._row_group(data[: R * rb], R)
+                i += R
         self._sync()  # nothing queued refers to the batch or the carry any more
         if i < n:
             if self._carry is None:
@@ -274,10 +302,14 @@ class StatesParquetWriter:
         self.num_rows += n
 
     def close(self) -> None:
-        """Write the last row group and the footer, and close the file (idempotent). After a
-        failure the descriptors are closed and the exception propagates (the file is left)."""
+        """Write the last row group and the footer, and close the file (idempotent). If a
+        ``write`` failed, abort instead and raise ValueError. If writing fails here, the
+        descriptors are closed and the exception propagates (the file is left)."""
         if self.closed:
             return
+        if self._failed:
+            self.abort()
+            raise ValueError(f"an earlier write failed: {self.path} is incomplete (removed)")
         try:
             if self._carry_n:
                 assert self._carry is not None
@@ -342,6 +374,43 @@ class StatesParquetWriter:
         self._chunks.append((start - h, rows, h + size))
         self._append(data)
 
+    def _aligned_row_groups(self, data: npt.NDArray[np.uint8], k: int) -> None:
+        """``_row_group`` for ``k`` whole row groups at an aligned file position (aligned
+        layout), from aligned memory if O_DIRECT: the header blocks are made together and
+        queued with the data without a copy (~1 us a row group)."""
+        self._seal()
+        h = len(self._full_header)
+        chunk = self.row_group_rows * self.row_bytes
+        stride = ALIGN + chunk  # file bytes a row group
+        header = np.frombuffer(self._full_header, np.uint8)
+        mv = data.data
+        j = 0
+        while j < k:
+            if self._queue and len(self._queue) + 2 > _IOV_LIMIT:
+                self._flush()
+            room = (self._stage.size - self._s1) // ALIGN
+            if room == 0:
+                self._make_room()
+                continue
+            g = min(k - j, room, max(1, (_IOV_LIMIT - len(self._queue)) // 2))
+            a = self._s1
+            blocks = self._stage[a : a + g * ALIGN].reshape(g, ALIGN)
+            blocks[:, : ALIGN - h] = 0
+            blocks[:, ALIGN - h :] = header
+            pos = self._seg_file  # == bytes_written: the segment is empty after _seal
+            self._chunks += [
+                (pos + q * stride + ALIGN - h, self.row_group_rows, h + chunk) for q in range(g)
+            ]
+            bmv = self._stage[a : a + g * ALIGN].data
+            for q in range(g):
+                self._queue.append(bmv[q * ALIGN : (q + 1) * ALIGN])
+                self._queue.append(mv[(j + q) * chunk : (j + q + 1) * chunk])
+            self._s1 = self._s0 = a + g * ALIGN
+            self._seg_file = pos + g * stride
+            j += g
+        if len(self._queue) >= _IOV_LIMIT:
+            self._flush()
+
     def _zeros(self, n: int) -> None:
         while n:
             if self._s1 == self._stage.size:
@@ -393,7 +462,7 @@ class StatesParquetWriter:
             self._seg_file += n
 
     def _push(self, buf: npt.NDArray[np.uint8]) -> None:
-        self._queue.append(buf)
+        self._queue.append(buf.data)
         if len(self._queue) >= _IOV_LIMIT:
             self._flush()
 
@@ -415,7 +484,7 @@ class StatesParquetWriter:
         bufs = self._queue
         self._queue = []
         off = self._q_off
-        total = sum(b.size for b in bufs)
+        total = sum(b.nbytes for b in bufs)
         self._q_off = off + total
         while bufs:
             fd = self._file.dfd if self._direct else self._file.fd
@@ -433,8 +502,8 @@ class StatesParquetWriter:
                 self.direct_bytes += n
             off += n
             k = 0
-            while k < len(bufs) and n >= bufs[k].size:
-                n -= bufs[k].size
+            while k < len(bufs) and n >= bufs[k].nbytes:
+                n -= bufs[k].nbytes
                 k += 1
             bufs = bufs[k:]
             if n:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import mmap
 import os
 import queue
@@ -59,6 +60,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from hiddenscope_core import bits
+from hiddenscope_core.direct_io import DirectFile, aligned_empty
 from hiddenscope_core.errors import Conflict, InvalidData, NotFound
 from hiddenscope_core.models import (
     NAME_PATTERN,
@@ -70,6 +72,7 @@ from hiddenscope_core.models import (
     Transform,
 )
 from hiddenscope_core.parquet_intervals import IntervalParquetWriter
+from hiddenscope_core.parquet_states import StatesParquetWriter
 from hiddenscope_core.thresholds import default_grid, validate_grid
 from hiddenscope_core.transforms import transform_values, values_dtype
 
@@ -83,7 +86,6 @@ HIST_BINS = 4096
 """Bins of the per-cell histogram behind the quantiles (between the layer min and max)."""
 QUANTILES = (0.01, 0.05, 0.25, 0.50, 0.75, 0.95, 0.99)
 QUANTILE_COLUMNS = ("q01", "q05", "q25", "q50", "q75", "q95", "q99")
-PARQUET_COMPRESSION = "none"
 STATES_META_DTYPE = b"hiddenscope.dtype"
 """Parquet schema metadata key of the states' value dtype (``float32`` | ``float16``)."""
 STATES_META_CELLS = b"hiddenscope.n_cells"
@@ -251,17 +253,17 @@ def _keys_to_f32(kmin: npt.NDArray[np.int32], kmax: npt.NDArray[np.int32], f16: 
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _hist_add(colf: Any, lo: float, scale: float, h: Any, idx: Any) -> None:
-    """Add the values of ``colf`` (float32) to the histogram ``h``; NaN is not counted. The
-    bin indices are computed in one vectorised pass into ``idx``, then counted (one pass that
-    does both is about 1.2x slower: the increments stall the conversions)."""
-    nb_ = h.shape[0]
-    top = np.float32(nb_ - 1)
-    lo32, sc32 = np.float32(lo), np.float32(scale)
+def _hist_add(colf: Any, scale: float, j0: float, h: Any, idx: Any) -> None:
+    """Add the values of ``colf`` (float32) to the histogram ``h`` of bins ``floor(x x scale) -
+    j0`` (``scale`` a power of two, see ``hist_frame``: exact, so any build path puts a value
+    in the same bin); NaN is not counted. The bin indices are computed in one vectorised pass
+    into ``idx``, then counted (one pass that does both is about 1.2x slower: the increments
+    stall the conversions)."""
+    top = np.float64(h.shape[0] - 1)
     m = colf.shape[0]
     for i in range(m):
         x = colf[i]
-        f = min(max((x - lo32) * sc32, np.float32(0.0)), top)
+        f = min(max(np.floor(np.float64(x) * scale) - j0, 0.0), top)
         idx[i] = np.int32(f) if x == x else -1
     for i in range(m):
         k = idx[i]
@@ -284,11 +286,20 @@ def _fold_run(
 
 @nb.njit(cache=True, nogil=True)
 def _planes_f32(
-    vals: Any, n: int, th32: Any, bm: Any, carry: Any, pl: Any, w0: int, counts: Any, ons: Any
+    vals: Any,
+    v0: int,
+    n: int,
+    th32: Any,
+    bm: Any,
+    carry: Any,
+    pl: Any,
+    w0: int,
+    counts: Any,
+    ons: Any,
 ) -> None:
-    """On-planes of the first ``n`` values of every row of ``vals`` ``(D, >= n)`` (float32,
-    C-contiguous; the block starts at a multiple of 64 steps) into words ``w0 ...`` of ``pl``
-    ``(G, D, nw)``; run starts are added to ``counts`` ``(G, D)`` and on steps to ``ons``;
+    """On-planes of the values ``v0 .. v0 + n`` of every row of ``vals`` (float32,
+    C-contiguous; ``v0`` and the block's first step are multiples of 64) into words ``w0 ...``
+    of ``pl`` ``(G, D, nw)``; run starts are added to ``counts`` ``(G, D)`` and on steps to ``ons``;
     ``carry[g, c]`` is the bit of the step before the block (updated). ``th32[g]`` is the
     smallest float32 ``>= θ_g``, so ``v >= θ`` is ``v >= th32`` (NaN is off). A full word is
     one 64-lane vector compare (``bits.ge64_f32``), 4-5x faster than the shifted compares of
@@ -303,11 +314,11 @@ def _planes_f32(
             t = np.float32(th32[g])
             cr, cn, on = carry[g, c], np.uint64(0), np.uint64(0)
             for w in range(nw_full):
-                word = bits.ge64_f32(col, w << 6, t)
+                word = bits.ge64_f32(col, v0 + (w << 6), t)
                 pl[g, c, w0 + w] = word
                 cr, cn, on = _fold_run(word, w, cr, cn, on, bm)
             if rem:
-                base = nw_full << 6
+                base = v0 + (nw_full << 6)
                 word = np.uint64(0)
                 for j in range(rem):
                     word |= np.uint64(col[base + j] >= t) << np.uint64(j)
@@ -321,6 +332,7 @@ def _planes_f32(
 @nb.njit(cache=True, nogil=True)
 def _planes_f16(
     vals: Any,
+    v0: int,
     n: int,
     keys: Any,
     bm: Any,
@@ -341,7 +353,7 @@ def _planes_f16(
     for c in range(d):
         col = vals[c]
         for j in range(n):
-            u = np.int32(col[j])
+            u = np.int32(col[v0 + j])
             k = ((~u) & 0xFFFF) if u & 0x8000 else (u | 0x8000)
             kv[j] = np.uint16(0) if (u & 0x7FFF) > 0x7C00 else np.uint16(k)
         for j in range(n, nw << 6):
@@ -359,22 +371,22 @@ def _planes_f16(
 
 
 @nb.njit(cache=True, nogil=True)
-def _hist_block(vals: Any, n: int, lo: float, scale: float, hist: Any, idx: Any) -> None:
+def _hist_block(vals: Any, n: int, scale: float, j0: float, hist: Any, idx: Any) -> None:
     """Add the first ``n`` values of every row of ``vals`` (float32) to ``hist[c]``."""
     for c in range(vals.shape[0]):
-        _hist_add(vals[c, :n], lo, scale, hist[c], idx)
+        _hist_add(vals[c, :n], scale, j0, hist[c], idx)
 
 
 @nb.njit(cache=True, nogil=True)
 def _hist_block_f16(
-    vals: Any, n: int, lut: Any, lo: float, scale: float, hist: Any, tmp: Any, idx: Any
+    vals: Any, n: int, lut: Any, scale: float, j0: float, hist: Any, tmp: Any, idx: Any
 ) -> None:
     """As ``_hist_block`` for float16 bit patterns (converted through ``lut``)."""
     for c in range(vals.shape[0]):
         col = vals[c]
         for j in range(n):
             tmp[j] = lut[col[j]]
-        _hist_add(tmp[:n], lo, scale, hist[c], idx)
+        _hist_add(tmp[:n], scale, j0, hist[c], idx)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -554,6 +566,196 @@ def _as_int_array(data: npt.ArrayLike, what: str) -> npt.NDArray[np.int64]:
 # ----------------------------------------------------------------------------- layers
 
 
+def hist_frame(vmin: float, vmax: float) -> tuple[int, int]:
+    """The bins of the per-cell histograms of a layer whose finite values span ``[vmin,
+    vmax]``: bin ``i`` holds ``floor(x / 2^k) = j0 + i``, for the smallest ``k`` that fits the
+    range in ``HIST_BINS`` bins (bins at most 2x as wide as ``(vmax - vmin) / HIST_BINS``) and
+    keeps ``|x| / 2^k < 2^50`` (so the bin index is exact in float64). Returns ``(k, j0)``.
+    A function of the range alone, and monotone in it, so that a histogram grown block by
+    block (``_Hist``), one built from the whole range and the shards of a sharded build all
+    end with the same bins and counts."""
+    m = max(abs(vmin), abs(vmax))
+    k = math.frexp(m)[1] - 50 if m > 0 else -210  # float32 magnitudes are >= 2^-149
+    if vmax > vmin:
+        k = max(k, math.frexp(vmax - vmin)[1] - 14)  # below this the range cannot fit
+        while math.floor(math.ldexp(vmax, -k)) - math.floor(math.ldexp(vmin, -k)) >= HIST_BINS:
+            k += 1
+    return k, math.floor(math.ldexp(vmin, -k))
+
+
+class _Hist:
+    """Per-cell histograms in the bins of ``hist_frame`` of the values seen so far; new values
+    beyond the bins re-bin the counts (exactly: bins of ``2^k`` merge into bins of ``2^k'``)."""
+
+    def __init__(self, d: int) -> None:
+        self.h = np.zeros((d, HIST_BINS), np.int64)
+        self.frame: tuple[int, int] | None = None
+
+    def cover(self, vmin: float, vmax: float) -> None:
+        if not vmin <= vmax:
+            return  # no finite value yet
+        frame = hist_frame(vmin, vmax)
+        if self.frame is not None and frame != self.frame:
+            k0, j0 = self.frame
+            k1, j1 = frame
+            if k1 < k0:  # never: hist_frame is monotone in the range
+                raise AssertionError("histogram bins cannot get narrower")
+            idx = ((j0 + np.arange(HIST_BINS, dtype=np.int64)) >> (k1 - k0)) - j1
+            inside = (idx >= 0) & (idx < HIST_BINS)  # the bins outside are past the values
+            if self.h[:, ~inside].any():  # never: the new bins cover every value seen
+                raise AssertionError("histogram re-binning lost values")
+            new = np.zeros_like(self.h)
+            np.add.at(new, (slice(None), idx[inside]), self.h[:, inside])  # type: ignore[arg-type]
+            self.h = new
+        self.frame = frame
+
+    @property
+    def scale(self) -> float:
+        return math.ldexp(1.0, -self.frame[0]) if self.frame is not None else 1.0
+
+    @property
+    def j0(self) -> float:
+        return float(self.frame[1]) if self.frame is not None else 0.0
+
+
+class _FusedIndex:
+    """The index of a layer built as its rows are flushed, when the grid is known by then:
+    planes, row planes, run counts, on counts and histogram of each block of transposed values
+    while they are in cache, so ``values.bin`` is never read back. ``planes.bin`` is written
+    in runs of several blocks per (threshold, cell) (it is read back for the intervals, through
+    the page cache); ``rows.bin`` with ``O_DIRECT``."""
+
+    def __init__(
+        self,
+        owner: DatasetWriter,
+        info: LayerInfo,
+        directory: Path,
+        grid: list[float],
+        buf_rows: int,
+        vdt: np.dtype[Any],
+    ) -> None:
+        self.owner = owner
+        self.grid = grid
+        T, D, G = owner.n_steps, info.n_cells, len(grid)
+        self.T, self.D, self.G = T, D, G
+        self.W = bits.n_words(T)
+        self.Dw = bits.n_words(D)
+        self.f16 = vdt == np.float16
+        K = ((T - 1) >> INTERVAL_CHUNK_LOG2) + 1
+        self.counts = np.zeros((max(G, 1), D, K), np.int64)
+        self.ons = np.zeros((max(G, 1), D), np.int64)
+        self.carry = np.zeros((max(G, 1), D), np.uint64)
+        self.hist = _Hist(D)
+        self.th32 = np.asarray([bits.f32_threshold(t) for t in grid], np.float32)
+        self.keys = np.asarray([bits.f16_key_threshold(t) for t in grid], np.int64)
+        self.lut = _f16_lut() if self.f16 else None
+        self.idx = np.empty(buf_rows, np.int32)
+        self.tmp = np.empty(buf_rows if self.f16 else 0, np.float32)
+        self.kv = np.empty(bits.n_words(buf_rows) << 6, np.uint16)
+        bw = bits.n_words(buf_rows)
+        # planes of up to ~32 MB of blocks are gathered before they are written
+        per_block = max(G, 1) * D * bw * 8
+        self.acc_words = bw * max(1, (32 << 20) // per_block)
+        self.pl = np.zeros((max(G, 1), D, self.acc_words), np.uint64)
+        self.acc_w0 = 0  # first word of the gathered planes
+        self.acc_n = 0  # words gathered
+        self.rows_blk = aligned_empty((max(G, 1), buf_rows, self.Dw), np.uint64)
+        self.planes_fd = -1
+        self.rows: DirectFile | None = None
+        if G:
+            self.planes_fd = os.open(directory / "planes.bin", os.O_RDWR | os.O_CREAT, 0o644)
+            size = G * D * self.W * 8
+            if os.fstat(self.planes_fd).st_size != size:
+                os.ftruncate(self.planes_fd, size)
+            self.rows = DirectFile(directory / "rows.bin", G * T * self.Dw * 8)
+        self.timings = {"planes": 0.0, "hist": 0.0, "rows": 0.0, "planes_io": 0.0}
+
+    def add(
+        self,
+        vals: npt.NDArray[Any],
+        n: int,
+        t0: int,
+        cmin: npt.NDArray[np.float32],
+        cmax: npt.NDArray[np.float32],
+    ) -> None:
+        """Index steps ``[t0, t0 + n)`` (``t0 % 64 == 0``): the first ``n`` values of each row
+        of ``vals`` ``(D, >= n)``, C-contiguous. ``cmin``/``cmax``: the range so far."""
+        tic = time.perf_counter()
+        finite = cmin <= cmax
+        if finite.any():
+            self.hist.cover(float(cmin[finite].min()), float(cmax[finite].max()))
+        sc, j0 = self.hist.scale, self.hist.j0
+        if self.f16:
+            assert self.lut is not None
+            _hist_block_f16(
+                vals.view(np.uint16), n, self.lut, sc, j0, self.hist.h, self.tmp, self.idx
+            )
+        else:
+            _hist_block(vals, n, sc, j0, self.hist.h, self.idx)
+        tac = time.perf_counter()
+        self.timings["hist"] += tac - tic
+        G = self.G
+        if G == 0:
+            return
+        nw = bits.n_words(n)
+        if self.acc_n + nw > self.acc_words:
+            self._write_planes()
+        if self.acc_n == 0:
+            self.acc_w0 = t0 >> 6
+        cnt = np.zeros((G, self.D), np.int64)
+        a = t0
+        while a < t0 + n:  # run starts are counted per interval chunk
+            b = min(t0 + n, ((a >> INTERVAL_CHUNK_LOG2) + 1) << INTERVAL_CHUNK_LOG2)
+            bm = self.owner._boundary_words(a, b)
+            cnt[:] = 0
+            w = self.acc_n + ((a - t0) >> 6)
+            if self.f16:
+                _planes_f16(
+                    vals.view(np.uint16), a - t0, b - a, self.keys, bm, self.carry, self.pl, w,
+                    cnt, self.ons, self.kv,
+                )  # fmt: skip
+            else:
+                _planes_f32(
+                    vals, a - t0, b - a, self.th32, bm, self.carry, self.pl, w, cnt, self.ons
+                )
+            self.counts[:, :, a >> INTERVAL_CHUNK_LOG2] += cnt
+            a = b
+        toc = time.perf_counter()
+        rb = self.rows_blk[:, :n]
+        _rows_block(self.pl[:, :, self.acc_n : self.acc_n + nw], rb, n)
+        self.acc_n += nw
+        tr = time.perf_counter()
+        assert self.rows is not None
+        for g in range(G):
+            self.rows.pwrite(rb[g], (g * self.T + t0) * self.Dw * 8)
+        self.timings["planes"] += toc - tac
+        self.timings["rows"] += tr - toc
+        self.timings["planes_io"] += time.perf_counter() - tr
+
+    def _write_planes(self) -> None:
+        tic = time.perf_counter()
+        k = self.acc_n
+        for g in range(self.G):
+            for c in range(self.D):
+                off = ((g * self.D + c) * self.W + self.acc_w0) * 8
+                os.pwrite(self.planes_fd, self.pl[g, c, :k].data, off)
+        self.acc_n = 0
+        self.timings["planes_io"] += time.perf_counter() - tic
+
+    def finish(self) -> None:
+        if self.G and self.acc_n:
+            self._write_planes()
+        self.close()
+
+    def close(self) -> None:
+        if self.planes_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.planes_fd)
+            self.planes_fd = -1
+        if self.rows is not None:
+            self.rows.close()
+
+
 class LayerWriter:
     """Receives the rows of one layer, in step order, in chunks of any size.
 
@@ -590,33 +792,40 @@ class LayerWriter:
         rows = max(ROW_GROUP_STEPS, _BUFFER_BYTES // row_bytes // ROW_GROUP_STEPS * ROW_GROUP_STEPS)
         # a power of two that divides the part size, so no flush straddles a part file
         self._buf_rows = min(self._part_steps, 1 << (rows.bit_length() - 1))
-        self._bufs = [np.empty((self._buf_rows, d), self._raw_dtype) for _ in range(2)]
+        self._bufs = [aligned_empty((self._buf_rows, d), self._raw_dtype) for _ in range(2)]
         self._pending: list[Future[None] | None] = [None, None]
         self._cur = 0
         self._fill = 0
         self.rows_written = 0  # rows flushed or buffered
         self._flushed = start  # the step of the first row not yet flushed
-        # transposed rows; the row stride is padded off a power of two (see the kernels)
-        self._tbuf = np.empty((d, self._buf_rows + 64), self._val_dtype)[:, : self._buf_rows]
+        # transposed rows; the row stride is padded off a power of two (see the kernels) by
+        # 512 bytes, so that each row starts aligned for O_DIRECT
+        pad = 512 // self._val_dtype.itemsize
+        self._tbase = aligned_empty((d, self._buf_rows + pad), self._val_dtype)
+        self._tbuf = self._tbase[:, : self._buf_rows]
         self.cmin = np.full(d, np.inf, np.float32)
         self.cmax = np.full(d, -np.inf, np.float32)
         self.csum = np.zeros(d, np.float64)
         self.cnan = np.zeros(d, np.int64)
-        self._values_fd = os.open(self.dir / "values.bin", os.O_RDWR | os.O_CREAT, 0o644)
+        # the whole layer in one writer builds its index as the rows come (_FusedIndex) and
+        # never reads values.bin back, which it therefore writes around the page cache
+        self._fused: _FusedIndex | bool | None = start == 0 and stop is None
         size = d * self.n_steps * self._val_dtype.itemsize
-        if os.fstat(self._values_fd).st_size != size:  # shards of a sharded build share it
-            os.ftruncate(self._values_fd, size)
+        if self._fused:
+            self._values: DirectFile | None = DirectFile(self.dir / "values.bin", size)
+            self._values_fd = self._values.fd
+        else:
+            self._values = None
+            self._values_fd = os.open(self.dir / "values.bin", os.O_RDWR | os.O_CREAT, 0o644)
+            if os.fstat(self._values_fd).st_size != size:  # shards of a sharded build share it
+                os.ftruncate(self._values_fd, size)
         self._row_bytes = row_bytes
-        self._binary_type = pa.binary(row_bytes)
-        self._schema = pa.schema(
-            [pa.field("v", self._binary_type, False)],
-            metadata={
-                STATES_META_DTYPE: info.dtype.encode(),
-                STATES_META_CELLS: str(d).encode(),
-                b"hiddenscope.byte_order": b"little",
-            },
-        )
-        self._part: pq.ParquetWriter | None = None
+        self._states_meta = {
+            STATES_META_DTYPE: info.dtype.encode(),
+            STATES_META_CELLS: str(d).encode(),
+            b"hiddenscope.byte_order": b"little",
+        }
+        self._part: StatesParquetWriter | None = None
         self._part_index = -1
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"parquet-{info.name}")
         self._lut = _f16_lut() if info.dtype == "float16" else None
@@ -723,33 +932,61 @@ class LayerWriter:
         # values.bin: one pwrite per cell row, each a contiguous run of n values
         item = self._val_dtype.itemsize
         for c in range(self.info.n_cells):
-            os.pwrite(self._values_fd, tb[c, :n].data, (c * self.n_steps + t0) * item)
+            if self._values is not None:
+                self._values.pwrite(tb[c, :n], (c * self.n_steps + t0) * item)
+            else:
+                os.pwrite(self._values_fd, tb[c, :n].data, (c * self.n_steps + t0) * item)
+        tix = time.perf_counter()
+        if self._fused is True:  # the first flush: is the grid known?
+            self._fused = self._start_fused()
+        if isinstance(self._fused, _FusedIndex):
+            self._fused.add(self._tbase, n, t0, self.cmin, self.cmax)
         self.timings["transform"] += tac - tic
         self.timings["stats"] += toc - tac
-        self.timings["values"] += time.perf_counter() - toc
+        self.timings["values"] += tix - toc
+        self.timings["index"] = self.timings.get("index", 0.0) + time.perf_counter() - tix
         self._cur ^= 1
         self._fill = 0
         self._flushed += n
+
+    def _start_fused(self) -> _FusedIndex | None:
+        """The fused index of this layer, if its grid is known now: the explicit one, or the
+        default grid of the value range seen so far - a guess that ``fused_index`` checks
+        against the whole range at publication (the default grid is made of "nice" numbers,
+        so the first rows usually give the same one)."""
+        if self.explicit_grid:
+            grid = list(self.info.thresholds)
+        else:
+            finite = self.cmin <= self.cmax
+            if not finite.any():
+                return None  # no value seen yet: the index is built from values.bin
+            grid = default_grid(float(self.cmin[finite].min()), float(self.cmax[finite].max()))
+        return _FusedIndex(self._owner, self.info, self.dir, grid, self._buf_rows, self._val_dtype)
+
+    def fused_index(self, grid: Sequence[float], frame: tuple[int, int]) -> _FusedIndex | None:
+        """The index built during the writes, if it was built for ``grid`` and its histogram
+        has the bins ``frame`` of the layer's whole value range (after ``finish``)."""
+        f = self._fused
+        if not isinstance(f, _FusedIndex) or f.grid != list(grid):
+            return None
+        if f.hist.frame != frame and f.hist.frame is not None:
+            return None
+        return f
 
     def _write_parquet(self, raw: npt.NDArray[Any], t0: int) -> None:
         part = t0 // self._part_steps
         if part != self._part_index:
             if self._part is not None:
                 self._part.close()
-            self._part = pq.ParquetWriter(
+            self._part = StatesParquetWriter(
                 self.dir / "states" / f"part-{part:05d}.parquet",
-                self._schema,
-                compression=PARQUET_COMPRESSION,
-                use_dictionary=False,
-                write_statistics=False,
+                self._row_bytes,
+                ROW_GROUP_STEPS,
+                self._states_meta,
             )
             self._part_index = part
-        le = raw.astype(raw.dtype.newbyteorder("<"), copy=False)  # a no-op on x86 and ARM
-        col = pa.FixedSizeBinaryArray.from_buffers(
-            self._binary_type, raw.shape[0], [None, pa.py_buffer(np.ascontiguousarray(le))]
-        )
         assert self._part is not None
-        self._part.write_table(pa.table({"v": col}, schema=self._schema), ROW_GROUP_STEPS)
+        self._part.write(raw)
 
     def finish(self) -> None:
         """Flush the last rows and close the files (called by ``publish``)."""
@@ -772,7 +1009,12 @@ class LayerWriter:
         self._pool.shutdown()
         if self._part is not None:
             self._part.close()
-        os.close(self._values_fd)
+        if isinstance(self._fused, _FusedIndex):
+            self._fused.finish()
+        if self._values is not None:
+            self._values.close()
+        else:
+            os.close(self._values_fd)
         self.closed = True
 
     def close_quietly(self) -> None:
@@ -783,9 +1025,14 @@ class LayerWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             if self._part is not None:
-                self._part.close()
+                self._part.abort()
+        if isinstance(self._fused, _FusedIndex):
+            self._fused.close()
         with contextlib.suppress(OSError):
-            os.close(self._values_fd)
+            if self._values is not None:
+                self._values.close()
+            else:
+                os.close(self._values_fd)
 
 
 # ----------------------------------------------------------------------------- tracks
@@ -1623,11 +1870,12 @@ class DatasetWriter:
         vmin, vmax = self._value_range(lw)
         return default_grid(vmin, vmax) if vmin is not None and vmax is not None else []
 
-    def _hist_scale(self, lw: _LayerStats) -> tuple[float, float]:
+    def _hist_frame(self, lw: _LayerStats) -> tuple[int, int]:
+        """``hist_frame`` of the layer's value range ((0, 0) without finite values)."""
         vmin, vmax = self._value_range(lw)
-        lo = vmin if vmin is not None else 0.0
-        hi = vmax if vmax is not None else 0.0
-        return lo, (HIST_BINS / (hi - lo) if hi > lo else 0.0)
+        if vmin is None or vmax is None:
+            return 0, 0
+        return hist_frame(vmin, vmax)
 
     def _planes_range(
         self, lw: _LayerStats, grid: list[float], start: int, stop: int
@@ -1645,7 +1893,8 @@ class DatasetWriter:
         Dw = bits.n_words(D)
         K = ((T - 1) >> INTERVAL_CHUNK_LOG2) + 1
         vdt = values_dtype(info.dtype, info.transform)
-        lo, scale = self._hist_scale(lw)
+        k, j0i = self._hist_frame(lw)
+        scale, j0 = math.ldexp(1.0, -k), float(j0i)
         hist = np.zeros((D, HIST_BINS), np.int64)
         ons = np.zeros((max(G, 1), D), np.int64)
         counts = np.zeros((max(G, 1), D, K), np.int64)
@@ -1674,9 +1923,9 @@ class DatasetWriter:
                 os.preadv(fd_values, [prev[c : c + 1].data], (c * T + start - 1) * item)
             if vdt == np.float16:
                 u = prev.view(np.uint16).astype(np.int64)
-                k = np.where(u & 0x8000, (~u) & 0xFFFF, u | 0x8000)
-                k[(u & 0x7FFF) > 0x7C00] = 0  # NaN is off
-                carry[:] = (k[None, :] >= keys[:, None]).astype(np.uint64)
+                pk = np.where(u & 0x8000, (~u) & 0xFFFF, u | 0x8000)
+                pk[(u & 0x7FFF) > 0x7C00] = 0  # NaN is off
+                carry[:] = (pk[None, :] >= keys[:, None]).astype(np.uint64)
             else:
                 carry[:] = (prev[None, :] >= th32[:, None]).astype(np.uint64)
         tic = time.perf_counter()
@@ -1698,9 +1947,9 @@ class DatasetWriter:
                         raise InvalidData(f"layer {info.name!r}: values.bin is short at {b0}")
                 if vdt == np.float16:
                     u16 = vals.view(np.uint16)
-                    _hist_block_f16(u16, n, lut, lo, scale, hist, f16_tmp, idx)
+                    _hist_block_f16(u16, n, lut, scale, j0, hist, f16_tmp, idx)
                 else:
-                    _hist_block(vals, n, lo, scale, hist, idx)
+                    _hist_block(vals, n, scale, j0, hist, idx)
                 if G == 0:  # no planes: only the histogram
                     b0 = b1
                     continue
@@ -1708,9 +1957,9 @@ class DatasetWriter:
                 cnt = np.zeros((G, D), np.int64)
                 nw = bits.n_words(b1 - b0)
                 if vdt == np.float16:
-                    _planes_f16(u16, n, keys, bm, carry, pl, 0, cnt, ons, kv)
+                    _planes_f16(u16, 0, n, keys, bm, carry, pl, 0, cnt, ons, kv)
                 else:
-                    _planes_f32(vals, n, th32, bm, carry, pl, 0, cnt, ons)
+                    _planes_f32(vals, 0, n, th32, bm, carry, pl, 0, cnt, ons)
                 counts[:, :, b0 >> INTERVAL_CHUNK_LOG2] += cnt
                 tr = time.perf_counter()
                 rb = rows_blk[:, : b1 - b0]
@@ -1745,11 +1994,16 @@ class DatasetWriter:
         grid = self._layer_grid(lw)
         G = len(grid)
         W = bits.n_words(T)
-        lo, scale = self._hist_scale(lw)
+        frame = self._hist_frame(lw)
         merged = (
             lw.merged_index(len(self.shard_ranges())) if isinstance(lw, _ShardedLayer) else None
         )
-        if merged is None:
+        fused = lw.fused_index(grid, frame) if isinstance(lw, LayerWriter) else None
+        if fused is not None:  # built during the writes
+            hist, counts, ons = fused.hist.h, fused.counts, fused.ons
+            for k, v in fused.timings.items():
+                self.timings[k] = self.timings.get(k, 0.0) + v
+        elif merged is None:
             hist, counts, ons = self._planes_range(lw, grid, 0, T)
         else:
             hist, counts, ons = merged
@@ -1776,7 +2030,8 @@ class DatasetWriter:
         cell_max = np.where(finite, lw.cmax, np.nan).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             cell_mean = np.where(n_valid > 0, lw.csum / np.maximum(n_valid, 1), np.nan)
-        qs = _hist_quantiles(hist, lo, scale, cell_min, cell_max)
+        qs = _hist_quantiles(hist, math.ldexp(frame[1], frame[0]), math.ldexp(1.0, -frame[0]),
+                             cell_min, cell_max)  # fmt: skip
         stats: dict[str, Any] = {
             "layer": pa.array([info.name] * D, pa.string()),
             "cell": pa.array(np.arange(D, dtype=np.int32)),
@@ -1886,9 +2141,10 @@ def _hist_quantiles(
     cell_max: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float64]:
     """Approximate quantiles ``(D, len(QUANTILES))`` from per-cell histograms of ``HIST_BINS``
-    equal bins over the layer's [min, max]: the rank ``q x (n - 1)`` is located in its bin and
-    interpolated linearly inside it, then clamped to the cell's [min, max]. The error is at most
-    one bin width, ``(max - min) / HIST_BINS`` of the layer. NaN for an all-NaN cell."""
+    equal bins from ``lo`` (``hist_frame``: bins at most twice as wide as ``(max - min) /
+    HIST_BINS`` of the layer): the rank ``q x (n - 1)`` is located in its bin and interpolated
+    linearly inside it, then clamped to the cell's [min, max]. The error is at most one bin
+    width. NaN for an all-NaN cell."""
     D = hist.shape[0]
     out = np.full((D, len(QUANTILES)), np.nan)
     cum = np.cumsum(hist, axis=1)
