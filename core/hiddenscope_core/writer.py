@@ -10,9 +10,20 @@ Measured choices (2-vCPU reference box, D=64; numbers in the lead's notes and th
 * Parquet states are one ``FixedSizeBinary(D * itemsize)`` column ``v`` per step holding the raw
   values' little-endian bytes (float32 or float16; the dtype and ``D`` are in the schema
   metadata), **uncompressed**, without statistics or dictionary. pyarrow's fixed-size-list
-  encoder costs about 8 ns per value (~2 M steps/s at D=64); a fixed-size binary column is
-  handed over zero-copy and written at memory speed. On float states LZ4/Snappy gain nothing
-  (ratio 1.00-1.02) and zstd 9-22% at 25-40% less write speed. Written by a background thread.
+  encoder costs about 8 ns per value (~2 M steps/s at D=64); a fixed-size binary column is plain
+  bytes. On float states LZ4/Snappy gain nothing (ratio 1.00-1.02) and zstd 9-22% at 25-40% less
+  write speed. Written by our own writer (``parquet_states``: pages aligned for ``O_DIRECT``,
+  ~12x less CPU than pyarrow's writer through the page cache) on a background thread.
+* Files the build does not read back (states, ``values.bin``, ``rows.bin``) are written with
+  ``O_DIRECT`` (``direct_io``): through the page cache each GB costs this VM class 0.3-1.7
+  CPU-seconds of kernel time.
+* When the grid is known as the rows arrive (an explicit grid, or the default grid of the first
+  flushed rows, checked against the whole value range at publication), each flushed block is
+  indexed at once (``_FusedIndex``: planes, row planes, run counts, histogram) while its
+  transposed values are in memory, so ``values.bin`` is never read back; otherwise (a sharded
+  build, a default grid that the later rows changed) the index is built from ``values.bin``
+  after the last row (``_planes_range``). Both give the same files: the histogram bins are a
+  function of the value range alone (``hist_frame``).
 * On-intervals are **Parquet files** in the dataset (``layers/<layer>/intervals/part-*.parquet``,
   sorted by (threshold, cell, start), delta-encoded), written by a background thread, and
   ``index.duckdb`` only defines the view ``on_intervals`` over them (paths relative to the dataset
@@ -646,6 +657,7 @@ class _FusedIndex:
         self.ons = np.zeros((max(G, 1), D), np.int64)
         self.carry = np.zeros((max(G, 1), D), np.uint64)
         self.hist = _Hist(D)
+        self.h32 = np.zeros((D, HIST_BINS), np.int32)
         self.th32 = np.asarray([bits.f32_threshold(t) for t in grid], np.float32)
         self.keys = np.asarray([bits.f16_key_threshold(t) for t in grid], np.int64)
         self.lut = _f16_lut() if self.f16 else None
@@ -659,7 +671,8 @@ class _FusedIndex:
         self.pl = np.zeros((max(G, 1), D, self.acc_words), np.uint64)
         self.acc_w0 = 0  # first word of the gathered planes
         self.acc_n = 0  # words gathered
-        self.rows_blk = aligned_empty((max(G, 1), buf_rows, self.Dw), np.uint64)
+        # one per buffer set of the LayerWriter: the writes of one go on in the background
+        self.rows_blk = [aligned_empty((max(G, 1), buf_rows, self.Dw), np.uint64) for _ in "ab"]
         self.planes_fd = -1
         self.rows: DirectFile | None = None
         if G:
@@ -677,21 +690,24 @@ class _FusedIndex:
         t0: int,
         cmin: npt.NDArray[np.float32],
         cmax: npt.NDArray[np.float32],
+        slot: int,
     ) -> None:
         """Index steps ``[t0, t0 + n)`` (``t0 % 64 == 0``): the first ``n`` values of each row
-        of ``vals`` ``(D, >= n)``, C-contiguous. ``cmin``/``cmax``: the range so far."""
+        of ``vals`` ``(D, >= n)``, C-contiguous. ``cmin``/``cmax``: the range so far. The row
+        planes go to buffer ``slot``, for ``write_rows``."""
         tic = time.perf_counter()
         finite = cmin <= cmax
         if finite.any():
             self.hist.cover(float(cmin[finite].min()), float(cmax[finite].max()))
         sc, j0 = self.hist.scale, self.hist.j0
+        h32 = self.h32  # int32 counts of one block: half the cache footprint of int64
+        h32[:] = 0
         if self.f16:
             assert self.lut is not None
-            _hist_block_f16(
-                vals.view(np.uint16), n, self.lut, sc, j0, self.hist.h, self.tmp, self.idx
-            )
+            _hist_block_f16(vals.view(np.uint16), n, self.lut, sc, j0, h32, self.tmp, self.idx)
         else:
-            _hist_block(vals, n, sc, j0, self.hist.h, self.idx)
+            _hist_block(vals, n, sc, j0, h32, self.idx)
+        self.hist.h += h32
         tac = time.perf_counter()
         self.timings["hist"] += tac - tic
         G = self.G
@@ -721,16 +737,19 @@ class _FusedIndex:
             self.counts[:, :, a >> INTERVAL_CHUNK_LOG2] += cnt
             a = b
         toc = time.perf_counter()
-        rb = self.rows_blk[:, :n]
+        rb = self.rows_blk[slot][:, :n]
         _rows_block(self.pl[:, :, self.acc_n : self.acc_n + nw], rb, n)
         self.acc_n += nw
-        tr = time.perf_counter()
-        assert self.rows is not None
-        for g in range(G):
-            self.rows.pwrite(rb[g], (g * self.T + t0) * self.Dw * 8)
         self.timings["planes"] += toc - tac
-        self.timings["rows"] += tr - toc
-        self.timings["planes_io"] += time.perf_counter() - tr
+        self.timings["rows"] += time.perf_counter() - toc
+
+    def write_rows(self, slot: int, n: int, t0: int) -> None:
+        """Write the row planes that ``add`` left in buffer ``slot`` (on the I/O thread)."""
+        if self.rows is None:
+            return
+        rb = self.rows_blk[slot]
+        for g in range(self.G):
+            self.rows.pwrite(rb[g, :n], (g * self.T + t0) * self.Dw * 8)
 
     def _write_planes(self) -> None:
         tic = time.perf_counter()
@@ -801,8 +820,8 @@ class LayerWriter:
         # transposed rows; the row stride is padded off a power of two (see the kernels) by
         # 512 bytes, so that each row starts aligned for O_DIRECT
         pad = 512 // self._val_dtype.itemsize
-        self._tbase = aligned_empty((d, self._buf_rows + pad), self._val_dtype)
-        self._tbuf = self._tbase[:, : self._buf_rows]
+        # two, as the raw buffers: one is written to values.bin in the background
+        self._tbases = [aligned_empty((d, self._buf_rows + pad), self._val_dtype) for _ in "ab"]
         self.cmin = np.full(d, np.inf, np.float32)
         self.cmax = np.full(d, -np.inf, np.float32)
         self.csum = np.zeros(d, np.float64)
@@ -899,7 +918,8 @@ class LayerWriter:
         tac = time.perf_counter()
         cmin, cmax = self.cmin.copy(), self.cmax.copy()
         csum, cnan = self.csum.copy(), self.cnan.copy()
-        tb = self._tbuf
+        tbase = self._tbases[self._cur]
+        tb = tbase[:, : self._buf_rows]
         f16 = v.dtype == np.float16
         # the fast kernel first; a chunk with NaN or infinity is redone by the exact one
         kmin = np.full(self.info.n_cells, np.iinfo(np.int32).max, np.int32)
@@ -929,25 +949,34 @@ class LayerWriter:
                 f"(after casting to {self.info.dtype}); replace them with NaN or clip them"
             )
         self.cmin, self.cmax, self.csum, self.cnan = cmin, cmax, csum, cnan
-        # values.bin: one pwrite per cell row, each a contiguous run of n values
+        if self._fused is True:  # the first flush: is the grid known?
+            self._fused = self._start_fused()
+        if isinstance(self._fused, _FusedIndex):
+            self._fused.add(tbase, n, t0, self.cmin, self.cmax, self._cur)
+        # values.bin and the row planes are written by the I/O thread (after this buffer's
+        # Parquet rows; _buf waits for it before the buffers are reused)
+        self._pending[self._cur] = self._pool.submit(self._write_values, self._cur, n, t0)
+        self.timings["transform"] += tac - tic
+        self.timings["stats"] += toc - tac
+        self.timings["index"] = self.timings.get("index", 0.0) + time.perf_counter() - toc
+        self._cur ^= 1
+        self._fill = 0
+        self._flushed += n
+
+    def _write_values(self, slot: int, n: int, t0: int) -> None:
+        """values.bin (one pwrite per cell row, each a contiguous run of ``n`` values) and the
+        row planes of the block in buffer ``slot``."""
+        tic = time.perf_counter()
+        tb = self._tbases[slot]
         item = self._val_dtype.itemsize
         for c in range(self.info.n_cells):
             if self._values is not None:
                 self._values.pwrite(tb[c, :n], (c * self.n_steps + t0) * item)
             else:
                 os.pwrite(self._values_fd, tb[c, :n].data, (c * self.n_steps + t0) * item)
-        tix = time.perf_counter()
-        if self._fused is True:  # the first flush: is the grid known?
-            self._fused = self._start_fused()
         if isinstance(self._fused, _FusedIndex):
-            self._fused.add(self._tbase, n, t0, self.cmin, self.cmax)
-        self.timings["transform"] += tac - tic
-        self.timings["stats"] += toc - tac
-        self.timings["values"] += tix - toc
-        self.timings["index"] = self.timings.get("index", 0.0) + time.perf_counter() - tix
-        self._cur ^= 1
-        self._fill = 0
-        self._flushed += n
+            self._fused.write_rows(slot, n, t0)
+        self.timings["values"] += time.perf_counter() - tic
 
     def _start_fused(self) -> _FusedIndex | None:
         """The fused index of this layer, if its grid is known now: the explicit one, or the
