@@ -1,9 +1,9 @@
 """Writing a dataset: streaming ingest into a staging directory, index build, atomic publication.
 
 Layout and API: ``docs/architecture.md``. Memory stays bounded whatever ``T`` is: layer rows are
-buffered in blocks of at most ``_BUFFER_BYTES``, the index is built in step blocks of at most
-``_BLOCK_VALUES`` values, and on-intervals are extracted into three reused buffers of about
-``_INTERVAL_BATCH`` rows (one being filled, one queued, one being written).
+buffered in blocks of at most ``_BUFFER_BYTES``, the index is built per flushed block or in step
+blocks of at most ``_BLOCK_VALUES`` values, and on-intervals are extracted and encoded one page
+at a time (``interval_build``).
 
 Measured choices (2-vCPU reference box, D=64; numbers in the lead's notes and the PR report):
 
@@ -25,17 +25,15 @@ Measured choices (2-vCPU reference box, D=64; numbers in the lead's notes and th
   after the last row (``_planes_range``). Both give the same files: the histogram bins are a
   function of the value range alone (``hist_frame``).
 * On-intervals are **Parquet files** in the dataset (``layers/<layer>/intervals/part-*.parquet``,
-  sorted by (threshold, cell, start), delta-encoded), written by a background thread, and
-  ``index.duckdb`` only defines the view ``on_intervals`` over them (paths relative to the dataset
-  directory; readers set ``file_search_path``, see ``reader.Dataset.connect``). Reason: DuckDB
-  inserts run at 10-27 M rows/s, while noisy LSTM-like states give ~20 on-intervals per step at
-  D=64 and 9 thresholds (2e8 per 1e7 steps), i.e. 8-20 s of inserts per 1e7 steps; pyarrow
-  encodes the same rows at ~45 M rows/s, so they are encoded by our own numba Parquet writer
-  (``parquet_intervals``: same file, several times faster) on a background thread.
-* The intervals are emitted after all planes are built, in units of (threshold, cell, 2^24-step
-  chunk) whose sizes the plane pass counts: every unit is independent (a run belongs to the chunk
-  where it starts, and its unit reads on past the chunk end until the run ends), so the units run
-  in parallel and come out globally sorted.
+  sorted by (threshold, cell, start), delta-encoded), and ``index.duckdb`` only defines the view
+  ``on_intervals`` over them (paths relative to the dataset directory; readers set
+  ``file_search_path``, see ``reader.Dataset.connect``). Reason: DuckDB inserts run at 10-27 M
+  rows/s, while noisy LSTM-like states give ~20 on-intervals per step at D=64 and 9 thresholds
+  (2e8 per 1e7 steps), i.e. 8-20 s of inserts per 1e7 steps; pyarrow encodes the same rows at
+  ~45 M rows/s. ``interval_build`` extracts them from the planes after the last row, one page of
+  starts and ends at a time, and encodes each page at once with ``parquet_intervals``' kernels
+  (~290 M intervals per CPU-second, O_DIRECT writes); the run starts counted per (threshold,
+  cell, 2^24-step chunk) by the plane pass check it.
 * ``rows.bin`` (row-major planes for the match kernel) is made from ``planes.bin`` in the same
   pass by 64x64 bit-matrix transposes of blocks that are still in cache (about 0.1 operation per
   bit instead of a second comparison of every value with every threshold).
@@ -44,16 +42,13 @@ Measured choices (2-vCPU reference box, D=64; numbers in the lead's notes and th
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import mmap
 import os
-import queue
 import re
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,7 +65,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from hiddenscope_core import bits
+from hiddenscope_core import bits, interval_build
 from hiddenscope_core.direct_io import DirectFile, aligned_empty
 from hiddenscope_core.errors import Conflict, InvalidData, NotFound
 from hiddenscope_core.models import (
@@ -82,7 +77,6 @@ from hiddenscope_core.models import (
     TrackInfo,
     Transform,
 )
-from hiddenscope_core.parquet_intervals import IntervalParquetWriter
 from hiddenscope_core.parquet_states import StatesParquetWriter
 from hiddenscope_core.thresholds import default_grid, validate_grid
 from hiddenscope_core.transforms import transform_values, values_dtype
@@ -104,16 +98,15 @@ STATES_META_CELLS = b"hiddenscope.n_cells"
 INTERVAL_COLUMNS = ("threshold_index", "cell", "start", "end")
 """Columns of the interval Parquet files: int16 grid index, int32 cell, start and end (exclusive)
 as uint32 when ``T < 2^32``, else int64."""
-INTERVAL_ROW_GROUP = 1 << 20
+INTERVAL_ROW_GROUP = interval_build.ROW_GROUP_ROWS
 INTERVAL_CHUNK_LOG2 = 24
-"""A unit of interval extraction covers ``2^24`` steps of one (threshold, cell): at most 2^23
-runs start in it, which is ``_INTERVAL_BATCH``."""
+"""Run starts are counted per ``2^24`` steps of each (threshold, cell) (``counts``), which
+``interval_build`` checks the extracted runs against."""
 DUCKDB_MEMORY_LIMIT = "1GB"
 
 _BUFFER_BYTES = 16 << 20  # raw rows buffered per layer before a flush
 _BLOCK_VALUES = 1 << 22  # values (steps x cells) per index-build block (planes stay in cache)
-_INTERVAL_BATCH = 1 << 22  # on-interval rows per batch handed to the Parquet thread
-_INTERVAL_PART_ROWS = 1 << 26  # rows per interval part file (a new file at a batch boundary)
+_INTERVAL_PART_ROWS = interval_build.PART_ROWS  # interval rows per part file
 _NAME_RE = NAME_PATTERN
 _ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 
@@ -122,7 +115,6 @@ _ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 
 # numba intrinsics, typed Any because mypy reads their call signature as (typingctx, x)
 _popcount: Any = bits.popcount64
-_ctz: Any = bits.ctz64
 
 
 @nb.njit(cache=True, nogil=True)
@@ -443,89 +435,6 @@ def _rows_block(pl: Any, rows: Any, n: int) -> None:
                     t0 = w << 6
                     for i in range(min(64, n - t0)):
                         rows[g, t0 + i, k] = a[i]
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _emit_units(
-    planes: Any,
-    seq_starts: Any,
-    n_steps: int,
-    chunk_words: int,
-    ug: Any,
-    uc: Any,
-    uk: Any,
-    uoff: Any,
-    out_g: Any,
-    out_cell: Any,
-    out_start: Any,
-    out_end: Any,
-    emitted: Any,
-) -> None:
-    """Emit the on-intervals of each unit ``(ug, uc, uk)[u]`` = (grid index, cell, chunk) at
-    rows ``uoff[u]...``: the maximal runs that **start** in the chunk, cut at sequence starts
-    (``seq_starts``: the starts > 0). A run open at the chunk end is followed into the next words
-    until it ends. Starts are ``on & ~prev | on & boundary``, ends ``prev & ~on | prev &
-    boundary``; an end at the same step as a start comes first."""
-    n_words = planes.shape[2]
-    n_seq = seq_starts.shape[0]
-    one = np.uint64(1)
-    for u in nb.prange(ug.shape[0]):
-        g = ug[u]
-        c = uc[u]
-        words = planes[g, c]
-        wa = uk[u] * chunk_words
-        wb = min(n_words, wa + chunk_words)
-        bi = np.searchsorted(seq_starts, np.int64(wa) << 6)
-        cy = words[wa - 1] >> np.uint64(63) if wa > 0 else np.uint64(0)
-        op = np.int64(-1)
-        k = uoff[u]
-        i = wa
-        while i < n_words:
-            pos = np.int64(i) << 6
-            bmw = np.uint64(0)
-            while bi < n_seq and seq_starts[bi] < pos + 64:
-                bmw |= one << np.uint64(seq_starts[bi] - pos)
-                bi += 1
-            w = words[i]
-            sh = (w << one) | cy
-            cy = w >> np.uint64(63)
-            e = sh & (~w | bmw)
-            if i < wb:
-                s = w & (~sh | bmw)
-                while (s | e) != 0:
-                    pe = _ctz(e)
-                    ps = _ctz(s)
-                    if pe <= ps:
-                        if op >= 0:
-                            out_g[k] = g
-                            out_cell[k] = c
-                            out_start[k] = op
-                            out_end[k] = pos + np.int64(pe)
-                            k += 1
-                            op = np.int64(-1)
-                        e &= e - one
-                    else:
-                        op = pos + np.int64(ps)
-                        s &= s - one
-            else:
-                if op < 0:
-                    break
-                if e != 0:
-                    out_g[k] = g
-                    out_cell[k] = c
-                    out_start[k] = op
-                    out_end[k] = pos + np.int64(_ctz(e))
-                    k += 1
-                    op = np.int64(-1)
-                    break
-            i += 1
-        if op >= 0:  # open at the last step
-            out_g[k] = g
-            out_cell[k] = c
-            out_start[k] = op
-            out_end[k] = n_steps
-            k += 1
-        emitted[u] = k - uoff[u]
 
 
 def _f16_lut() -> npt.NDArray[np.float32]:
@@ -2112,45 +2021,19 @@ class DatasetWriter:
         counts: npt.NDArray[np.int64],
         release: Any = None,
     ) -> None:
-        """Extract the on-intervals of all (threshold, cell, chunk) units in batches of about
-        ``_INTERVAL_BATCH`` rows, in (threshold, cell, start) order, and hand each batch to the
-        Parquet thread (``_IntervalWriter``)."""
-        T = self.n_steps
-        wide = T >= 2**32
-        pos_dt = np.int64 if wide else np.uint32
-        iw = _IntervalWriter(lw.dir / "intervals", wide)
-        try:
-            G = counts.shape[0]
-            flat = counts.reshape(-1)
-            nz = np.flatnonzero(flat)
-            if G and nz.size:
-                shape = counts.shape
-                ug, uc, uk = (x.astype(np.int64) for x in np.unravel_index(nz, shape))
-                cnt = flat[nz]
-                excl = np.cumsum(cnt) - cnt
-                batch = excl // _INTERVAL_BATCH
-                cuts = np.concatenate([[0], np.flatnonzero(np.diff(batch)) + 1, [nz.size]])
-                seq = self._starts[1:].astype(np.int64)
-                chunk_words = 1 << (INTERVAL_CHUNK_LOG2 - 6)
-                bounds = list(itertools.pairwise(cuts.tolist()))
-                totals = [int(excl[b - 1] - excl[a] + cnt[b - 1]) for a, b in bounds]
-                iw.allocate(max(totals), pos_dt)
-                for (a, b), total in zip(bounds, totals, strict=True):
-                    off = excl[a:b] - excl[a]
-                    out_g, out_cell, out_start, out_end = iw.take(total)
-                    emitted = np.empty(b - a, np.int64)
-                    _emit_units(
-                        planes, seq, T, chunk_words, ug[a:b], uc[a:b], uk[a:b], off,
-                        out_g, out_cell, out_start, out_end, emitted,
-                    )  # fmt: skip
-                    if not np.array_equal(emitted, cnt[a:b]):  # pragma: no cover - a bug
-                        raise AssertionError("interval extraction disagrees with the plane pass")
-                    iw.put(total)
-                    if release is not None:
-                        release()
-        finally:
-            iw.close()
-        self.timings["intervals_wait"] = self.timings.get("intervals_wait", 0.0) + iw.waited
+        """Write the on-intervals of the layer from its planes and per-chunk run counts
+        (``interval_build``: extraction fused with the Parquet encoding, O_DIRECT)."""
+        stats = interval_build.write_layer_intervals(
+            planes,
+            counts,
+            self._starts,
+            self.n_steps,
+            lw.dir / "intervals",
+            release=release,
+            row_group_rows=INTERVAL_ROW_GROUP,
+            part_rows=_INTERVAL_PART_ROWS,
+        )
+        self.timings["intervals_wait"] = self.timings.get("intervals_wait", 0.0) + stats.wait_s
 
 
 def interval_glob(layer: str) -> str:
@@ -2191,108 +2074,3 @@ def _hist_quantiles(
             val = lo + (b + min(max(frac, 0.0), 1.0)) * width
             out[c, qi] = min(max(val, cell_min[c]), cell_max[c])
     return out
-
-
-class _IntervalWriter:
-    """Writes interval batches to Parquet part files (``parquet_intervals``, several times
-    faster than pyarrow's encoder) from a background thread, so the next batch's extraction
-    runs meanwhile (both kernels release the GIL). Batches are
-    extracted into a pool of three reused buffer sets (one being filled, one queued, one being
-    written), which bounds memory and spares the page faults of fresh arrays (on this VM class,
-    first-touching the ~12 bytes per interval cost more than extracting them). Every layer
-    gets at least one (maybe empty) file, so the view's glob always matches."""
-
-    def __init__(self, directory: Path, wide: bool) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.dir = directory
-        self.wide = wide
-        self._q: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=1)
-        self._free: queue.Queue[int] = queue.Queue()
-        self._sets: list[tuple[npt.NDArray[Any], ...]] = []
-        self._current: int | None = None
-        self._error: BaseException | None = None
-        self._writer: IntervalParquetWriter | None = None
-        self._n_files = 0
-        self._rows_in_file = 0
-        self.waited = 0.0
-        self._thread = threading.Thread(target=self._run, name="parquet-intervals", daemon=True)
-        self._thread.start()
-
-    def allocate(self, rows: int, pos_dt: type[np.integer[Any]], n_sets: int = 3) -> None:
-        """The buffer pool: ``n_sets`` sets of columns of ``rows`` rows each."""
-        for i in range(n_sets):
-            self._sets.append(
-                (
-                    np.empty(rows, np.int16),
-                    np.empty(rows, np.int32),
-                    np.empty(rows, pos_dt),
-                    np.empty(rows, pos_dt),
-                )
-            )
-            self._free.put(i)
-
-    def take(self, rows: int) -> tuple[npt.NDArray[Any], ...]:
-        """A free buffer set, cut to ``rows`` rows (waits while all are in use)."""
-        if self._error is not None:
-            raise self._error
-        tic = time.perf_counter()
-        self._current = self._free.get()
-        self.waited += time.perf_counter() - tic
-        return tuple(col[:rows] for col in self._sets[self._current])
-
-    def put(self, rows: int) -> None:
-        """Queue the first ``rows`` rows of the set from the last ``take`` for writing."""
-        if self._error is not None:
-            raise self._error
-        assert self._current is not None
-        tic = time.perf_counter()
-        self._q.put((self._current, rows))
-        self._current = None
-        self.waited += time.perf_counter() - tic
-
-    def _open(self) -> IntervalParquetWriter:
-        w = IntervalParquetWriter(
-            self.dir / f"part-{self._n_files:05d}.parquet", self.wide, INTERVAL_ROW_GROUP
-        )
-        self._n_files += 1
-        self._rows_in_file = 0
-        return w
-
-    def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            i, rows = item
-            try:
-                if self._error is not None:
-                    continue
-                if self._writer is None or self._rows_in_file >= _INTERVAL_PART_ROWS:
-                    if self._writer is not None:
-                        self._writer.close()
-                    self._writer = self._open()
-                g, cell, start, end = (col[:rows] for col in self._sets[i])
-                self._writer.write(g, cell, start, end)
-                self._rows_in_file += rows
-            except BaseException as e:
-                self._error = e
-            finally:
-                self._free.put(i)
-
-    def close(self) -> None:
-        tic = time.perf_counter()
-        self._q.put(None)
-        self._thread.join()
-        self.waited += time.perf_counter() - tic
-        if self._error is None:
-            try:
-                if self._writer is None:
-                    self._writer = self._open()  # an empty file: the glob must match
-                self._writer.close()
-            except BaseException as e:
-                self._error = e
-        elif self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-        if self._error is not None:
-            raise self._error

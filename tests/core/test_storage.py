@@ -530,7 +530,7 @@ def test_intervals_across_small_chunks(
 
     monkeypatch.setattr(writer_mod, "INTERVAL_CHUNK_LOG2", chunk_log2)
     monkeypatch.setattr(writer_mod, "_BLOCK_VALUES", 64)
-    monkeypatch.setattr(writer_mod, "_INTERVAL_BATCH", 7)  # many batches and part rows
+    monkeypatch.setattr(writer_mod, "INTERVAL_ROW_GROUP", 5)  # many row groups
     monkeypatch.setattr(writer_mod, "_INTERVAL_PART_ROWS", 20)  # several part files
     T, D = 1000, 3
     rng = np.random.default_rng(3)
