@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -600,3 +601,51 @@ def test_cell_statistics_exact_whatever_the_values(
         assert stats["max"][c] == np.nanmax(col)
         scale = np.nanmax(np.abs(col))
         assert abs(stats["mean"][c] - np.nanmean(col)) <= 1e-12 * scale + 1e-12
+
+
+@pytest.mark.parametrize("later_range", ["same_grid", "other_grid"])
+def test_default_grid_guessed_from_the_first_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, later_range: str
+) -> None:
+    """Without an explicit grid, the index is built during the writes for the default grid of
+    the first flushed rows. If the later rows keep that grid it is used as built (the histogram
+    re-binned as the range grew); if they change it, the index is rebuilt from values.bin. Both
+    give the brute-force intervals, planes and on-fractions of the final default grid."""
+    import hiddenscope_core.writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 1024 * 3 * 4)  # flushes of 1024 steps
+    rebuilt: list[int] = []
+    real = writer_mod.DatasetWriter._planes_range
+
+    def spy(self: Any, lw: Any, grid: Any, start: int, stop: int) -> Any:
+        rebuilt.append(start)
+        return real(self, lw, grid, start, stop)
+
+    monkeypatch.setattr(writer_mod.DatasetWriter, "_planes_range", spy)
+    T, D = 2000, 3
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-0.95, 0.95, (T, D)).astype(np.float32)
+    if later_range == "other_grid":
+        x[:1024] *= 0.04  # the first flush spans only [-0.038, 0.038]: a grid of 0.005 steps
+    x[1500:1510, 1] = 0.999  # the range grows after the first flush (the histogram re-bins)
+    x[rng.random((T, D)) < 0.02] = np.nan
+    starts = [0, 300, 1024]
+    write_dataset(tmp_path, "g", x, transform="none", starts=starts, chunk=100)
+    ds = Catalog(tmp_path).get("g")
+    grid = ds.thresholds("l1")
+    assert grid == default_grid(float(np.nanmin(x)), float(np.nanmax(x)))
+    assert bool(rebuilt) == (later_range == "other_grid")
+    planes = ds.planes("l1")
+    for g, theta in enumerate(grid):
+        for c in range(D):
+            on = x[:, c] >= theta
+            s, e = ds.on_intervals("l1", theta, c)
+            assert list(zip(s.tolist(), e.tolist(), strict=True)) == brute_intervals(on, starts)
+            assert np.array_equal(bits.unpack(np.asarray(planes[g, c]), T), on)
+    st_ = ds.cell_stats("l1")
+    for c in range(D):
+        col = x[:, c][~np.isnan(x[:, c])]
+        width = 2 * (np.nanmax(x) - np.nanmin(x)) / 4096
+        r = 0.5 * (col.size - 1)
+        lo, hi = np.sort(col)[[int(np.floor(r)), int(np.ceil(r))]]
+        assert lo - 2 * width <= st_["q50"][c] <= hi + 2 * width
