@@ -70,10 +70,13 @@ class DirectFile:
     """A file written with ``pwrite`` at any offsets, its aligned parts with ``O_DIRECT``.
 
     ``size``, if given, is the file's length (set with ``ftruncate`` when it differs). Data
-    read back through another descriptor sees every completed write.
+    read back through another descriptor sees every completed write. ``direct=False`` writes
+    everything through the page cache (for comparisons).
     """
 
-    def __init__(self, path: str | os.PathLike[str], size: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], size: int | None = None, direct: bool = True
+    ) -> None:
         self.path = os.fspath(path)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self.dfd: int | None = None
@@ -81,7 +84,7 @@ class DirectFile:
         try:
             if size is not None and os.fstat(self.fd).st_size != size:
                 os.ftruncate(self.fd, size)
-            flag = getattr(os, "O_DIRECT", 0)
+            flag = getattr(os, "O_DIRECT", 0) if direct else 0
             align = dio_alignment(self.path) if flag else None
             if align is not None and ALIGN % align == 0:
                 with contextlib.suppress(OSError):

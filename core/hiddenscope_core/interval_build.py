@@ -483,7 +483,7 @@ class _Files:
         self._jobs: queue.Queue[tuple[Callable[[], None] | None, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._tail = np.zeros(0, np.uint8)
-        self._file: DirectFile | _PlainFile | None = None
+        self._file: DirectFile | None = None
         self._written = 0  # bytes of the current file handed to the thread
         self._row_groups: list[tuple[int, list[ChunkMeta]]] = []
         self._rows = 0  # rows of the current file
@@ -522,7 +522,7 @@ class _Files:
         self.close_file()
         path = self.dir / f"part-{len(self.files):05d}.parquet"
         self.files.append(path)
-        self._file = DirectFile(path, size=0) if self.direct else _PlainFile(path)
+        self._file = DirectFile(path, size=0, direct=self.direct)
         self._written = 0
         self._row_groups = []
         self._rows = 0
@@ -573,7 +573,7 @@ class _Files:
             try:
                 f.pwrite(np.frombuffer(last, np.uint8), at)
             finally:
-                self.direct_bytes += f.direct_bytes if isinstance(f, DirectFile) else 0
+                self.direct_bytes += f.direct_bytes
                 f.close()
 
         self._jobs.put((job, -1))
@@ -593,26 +593,6 @@ class _Files:
                 with contextlib.suppress(Exception):
                     self._file.close()
         self._check()
-
-
-class _PlainFile:
-    """``DirectFile``'s interface through the page cache (``direct=False``)."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.closed = False
-
-    def pwrite(self, data: npt.NDArray[Any], offset: int) -> None:
-        b: Any = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        mv = memoryview(b)
-        done = 0
-        while done < len(mv):
-            done += os.pwrite(self.fd, mv[done:], offset + done)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self.fd)
 
 
 # --------------------------------------------------------------------------------- the API
