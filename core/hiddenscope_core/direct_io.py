@@ -16,6 +16,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,74 @@ def aligned_empty(shape: int | tuple[int, ...], dtype: Any, align: int = ALIGN) 
     off = (-raw.ctypes.data) % align
     out: npt.NDArray[Any] = raw[off : off + n].view(dt).reshape(shape)
     return out
+
+
+class BufferPool:
+    """Large aligned scratch buffers kept for the next build in the same process.
+
+    Memory a process touches for the first time costs this machine class about ten times more
+    than memory it reuses (measured: 1.3 s against 0.13 s per GB; the host backs guest memory
+    lazily), and a build's block buffers are a few hundred MB. An ingest worker builds layer
+    after layer, so the buffers of a finished layer wait here for the next one instead of
+    going back to the operating system. ``take`` is ``aligned_empty`` (uninitialised);
+    ``give`` returns an array ``take`` made once nothing reads or writes it any more (no
+    other thread, no pending I/O). Arrays not made by ``take`` are ignored. At most
+    ``limit`` bytes are kept; thread-safe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free: dict[int, list[npt.NDArray[np.uint8]]] = {}
+        self._out: dict[int, npt.NDArray[np.uint8]] = {}  # id(view) -> its raw buffer
+        self._kept = 0
+        self._lock = threading.Lock()
+
+    def take(self, shape: int | tuple[int, ...], dtype: Any) -> npt.NDArray[Any]:
+        dt = np.dtype(dtype)
+        n = int(np.prod(shape)) * dt.itemsize
+        size = n + ALIGN
+        with self._lock:
+            free = self._free.get(size)
+            raw = free.pop() if free else None
+            if raw is not None:
+                self._kept -= size
+        if raw is None:
+            raw = np.empty(size, np.uint8)
+        off = (-raw.ctypes.data) % ALIGN
+        out: npt.NDArray[Any] = raw[off : off + n].view(dt).reshape(shape)
+        with self._lock:
+            self._out[id(out)] = raw
+        weakref.finalize(out, self._forget, id(out), raw)  # dropped without ``give``
+        return out
+
+    def _forget(self, key: int, raw: npt.NDArray[np.uint8]) -> None:
+        with self._lock:
+            if self._out.get(key) is raw:
+                del self._out[key]
+
+    def give(self, arr: npt.NDArray[Any] | None) -> None:
+        if arr is None:
+            return
+        with self._lock:
+            raw = self._out.pop(id(arr), None)
+            if raw is None or self._kept + raw.size > self.limit:
+                return
+            self._free.setdefault(raw.size, []).append(raw)
+            self._kept += raw.size
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._kept
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._kept = 0
+
+
+POOL = BufferPool(512 << 20)
+"""The process's pool of block buffers (``LayerWriter``, the fused index, ``interval_build``,
+``parquet_states``)."""
 
 
 class DirectFile:

@@ -69,7 +69,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from hiddenscope_core import bits
-from hiddenscope_core.direct_io import ALIGN, DirectFile, aligned_empty
+from hiddenscope_core.direct_io import ALIGN, POOL, DirectFile
 from hiddenscope_core.parquet_intervals import (
     _MAGIC,
     PAGE_ROWS,
@@ -475,7 +475,7 @@ class _Files:
         self.dir = directory
         self.wide = wide
         self.direct = direct
-        self._bufs = [aligned_empty(buf_bytes + ALIGN, np.uint8) for _ in range(3)]
+        self._bufs = [POOL.take(buf_bytes + ALIGN, np.uint8) for _ in range(3)]
         self._free: queue.Queue[int] = queue.Queue()
         for i in range(len(self._bufs)):
             self._free.put(i)
@@ -592,6 +592,10 @@ class _Files:
             if self._file is not None:  # after an error
                 with contextlib.suppress(Exception):
                     self._file.close()
+            if not self._thread.is_alive():
+                for buf in self._bufs:
+                    POOL.give(buf)
+                self._bufs = []
         self._check()
 
 

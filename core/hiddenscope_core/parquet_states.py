@@ -61,7 +61,7 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from hiddenscope_core.direct_io import ALIGN, DirectFile, aligned_empty
+from hiddenscope_core.direct_io import ALIGN, POOL, DirectFile, aligned_empty
 from hiddenscope_core.parquet_intervals import _Compact
 
 CREATED_BY = "hiddenscope"
@@ -209,7 +209,7 @@ class StatesParquetWriter:
         # write position at stage[_s1]; the queue holds buffers (stage slices, caller memory)
         # for the file range [_q_off, _seg_file), to be written with one pwritev. With O_DIRECT
         # _s0 and _seg_file are multiples of ALIGN and only whole blocks get queued.
-        self._stage = aligned_empty(_STAGE_BYTES, np.uint8)
+        self._stage = POOL.take(_STAGE_BYTES, np.uint8)
         self._s0 = 0
         self._s1 = 0
         self._seg_file = 0
@@ -330,6 +330,7 @@ class StatesParquetWriter:
         finally:
             self.closed = True
             self._file.close()
+            POOL.give(self._stage)
 
     def abort(self) -> None:
         """Close without writing a footer and remove the file (quietly; idempotent)."""
@@ -339,6 +340,7 @@ class StatesParquetWriter:
                 self._file.close()
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            POOL.give(self._stage)
         self._queue = []
 
     # ------------------------------------------------------------------------------ writing

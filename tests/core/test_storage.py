@@ -380,7 +380,8 @@ def test_rows_equal_brute_force(
     import hiddenscope_core.writer as writer_mod
 
     monkeypatch.setattr(writer_mod, "_BLOCK_VALUES", 64 * 64)  # several index blocks
-    T = 1000 + D  # not a multiple of 64
+    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 1024 * D * 4)  # flushes of 1024-2048 rows
+    T = 2600 + D  # not a multiple of 64; rows of the fused index in 2-3 flushes
     x = make_states(T, D, seed=D, nan_frac=0.05)
     grid = [-0.4, 0.0, 0.3] if transform == "none" else None
     write_dataset(tmp_path, "rows", x, dtype=dtype, transform=transform, thresholds=grid)
