@@ -16,13 +16,16 @@ from tests.core.test_storage import make_states, write_dataset
 def test_a_given_buffer_is_reused_aligned_and_with_any_shape() -> None:
     pool = BufferPool(1 << 20)
     a = pool.take((3, 1000), np.float32)
-    assert a.shape == (3, 1000) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert a.shape == (3, 1000)
+    assert a.dtype == np.float32
+    assert a.flags.c_contiguous
     assert a.ctypes.data % ALIGN == 0
     addr = a.ctypes.data
     pool.give(a)
     assert pool.kept_bytes == 3 * 1000 * 4 + ALIGN
     b = pool.take((1000, 3), np.float32)  # the same number of bytes: the same memory
-    assert b.ctypes.data == addr and b.shape == (1000, 3)
+    assert b.ctypes.data == addr
+    assert b.shape == (1000, 3)
     assert pool.kept_bytes == 0
     c = pool.take((1000, 3), np.float32)  # the pool is empty again: new memory
     assert c.ctypes.data != addr
@@ -34,7 +37,8 @@ def test_two_takes_never_share_memory() -> None:
     b = pool.take(4096, np.uint8)
     a[:] = 1
     b[:] = 2
-    assert (a == 1).all() and (b == 2).all()
+    assert (a == 1).all()
+    assert (b == 2).all()
 
 
 def test_foreign_arrays_double_gives_and_the_limit() -> None:
