@@ -104,7 +104,9 @@ INTERVAL_CHUNK_LOG2 = 24
 ``interval_build`` checks the extracted runs against."""
 DUCKDB_MEMORY_LIMIT = "1GB"
 
-_BUFFER_BYTES = 16 << 20  # raw rows buffered per layer before a flush
+# raw rows buffered per layer before a flush: 64 MB makes values.bin's per-cell writes 1 MB
+# at D = 64 (0.04 CPU-s per GB written with O_DIRECT here, 0.17 at 256 KB: benchmarks.md)
+_BUFFER_BYTES = 64 << 20
 _BLOCK_VALUES = 1 << 22  # values (steps x cells) per index-build block (planes stay in cache)
 _INTERVAL_PART_ROWS = interval_build.PART_ROWS  # interval rows per part file
 _NAME_RE = NAME_PATTERN
@@ -839,6 +841,8 @@ class LayerWriter:
             self.rows_written += take
             if self._fill == self._buf_rows:
                 self._flush()
+        if self.rows_written == self.stop - self.start and n:
+            self.finish()  # complete: its buffers go to the next layer now, not at publication
 
     def _buf(self) -> npt.NDArray[Any]:
         fut = self._pending[self._cur]

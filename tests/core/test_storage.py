@@ -331,7 +331,8 @@ def test_bad_input_messages(tmp_path: Path) -> None:
         w.add_layer("l", n_cells=3)
     with pytest.raises(InvalidData, match="label indices"):
         w.add_track(TrackInfo(name="t", kind="discrete", labels=["a"]), np.array([0, 3]))
-    lw.write(np.full((10, 3), np.inf, np.float32))
+    with pytest.raises(InvalidData, match="infinite"):  # the last rows: checked at once
+        lw.write(np.full((10, 3), np.inf, np.float32))
     with pytest.raises(InvalidData, match="infinite"):
         w.publish()
     assert list((tmp_path / "staging").iterdir()) == []
