@@ -43,6 +43,8 @@ from hiddenscope_core import interval_build, writer
 from hiddenscope_core.parquet_intervals import COLUMNS
 from hiddenscope_core.synth import generate_chunks
 
+from bench.intervals_parquet_bench import interval_schema
+
 D = 64
 THRESHOLDS = np.round(np.arange(1, 10) / 10, 1)
 CHUNK_LOG2 = getattr(writer, "INTERVAL_CHUNK_LOG2", 24)  # the plane pass's run-count chunks
@@ -97,15 +99,7 @@ def numpy_path(
         raise ValueError("chunk_steps must be a positive multiple of 64")
     wide = T >= 2**32
     pos_dt = np.int64 if wide else np.uint32
-    pos_type = pa.int64() if wide else pa.uint32()
-    schema = pa.schema(
-        [
-            pa.field("threshold_index", pa.int16(), False),
-            pa.field("cell", pa.int32(), False),
-            pa.field("start", pos_type, False),
-            pa.field("end", pos_type, False),
-        ]
-    )
+    schema = interval_schema(wide)
     rg = interval_build.ROW_GROUP_ROWS
     cuts = np.unique(np.asarray(seq, np.int64).reshape(-1))
     cuts = cuts[(cuts > 0) & (cuts < T)]  # a run is cut at a sequence start inside it

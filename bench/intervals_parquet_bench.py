@@ -52,7 +52,8 @@ def realistic_intervals(
     return g, cell, start, end
 
 
-def _schema(wide: bool) -> pa.Schema:
+def interval_schema(wide: bool) -> pa.Schema:
+    """The Arrow schema of the interval files (positions int64 when ``wide``)."""
     pos = pa.int64() if wide else pa.uint32()
     return pa.schema(
         [
@@ -66,7 +67,7 @@ def _schema(wide: bool) -> pa.Schema:
 
 def write_pyarrow(path: Path, cols: tuple[np.ndarray, ...], batch: int, wide: bool) -> None:
     """As ``writer._IntervalWriter`` did: one table per batch, row groups of 2^20."""
-    schema = _schema(wide)
+    schema = interval_schema(wide)
     with pq.ParquetWriter(
         path,
         schema,

@@ -13,7 +13,6 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hiddenscope_core import interval_build, writer
@@ -23,6 +22,8 @@ from hiddenscope_core.reader import open_dataset
 from hiddenscope_core.synth import generate_chunks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.core.test_parquet_intervals import schema as interval_schema
 
 SETTINGS = settings(
     deadline=None,
@@ -68,15 +69,7 @@ def reference(on: np.ndarray, seq_starts: list[int]) -> np.ndarray:
 
 def read_rows(files: list[Path], wide: bool) -> np.ndarray:
     """The files' rows, in file order, as ``(n, 4)`` int64 (checking the schema)."""
-    pos = pa.int64() if wide else pa.uint32()
-    schema = pa.schema(
-        [
-            pa.field("threshold_index", pa.int16(), False),
-            pa.field("cell", pa.int32(), False),
-            pa.field("start", pos, False),
-            pa.field("end", pos, False),
-        ]
-    )
+    schema = interval_schema(wide)
     parts = []
     for f in files:
         t = pq.read_table(f)
