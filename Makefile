@@ -22,9 +22,10 @@ test: setup lint typecheck  ## the whole test suite (what CI runs)
 test-fast: ## tests without the slow marker
 	$(PY) pytest -q -m "not slow"
 
-lint:
+lint:             ## ruff (lint + format) and the import contracts of pyproject's [tool.importlinter]
 	$(PY) ruff check .
 	$(PY) ruff format --check .
+	$(PY) lint-imports --no-logo
 
 format:
 	$(PY) ruff format .
@@ -40,4 +41,4 @@ bench-small: setup
 	$(PY) python -m bench.core_bench --steps 1000000 --repeats 3 --build-repeats 3
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -129,13 +129,12 @@ class Gateway:
         )
 
     async def health(self) -> dict[str, bool]:
-        assert self.client is not None
+        client = self.client
+        assert client is not None
 
         async def one(name: str) -> tuple[str, bool]:
             try:
-                r = await self.client.get(  # type: ignore[union-attr]
-                    self.settings.upstream_url(name) + "/healthz", timeout=5.0
-                )
+                r = await client.get(self.settings.upstream_url(name) + "/healthz", timeout=5.0)
                 return name, r.status_code == 200
             except httpx.HTTPError:
                 return name, False

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import select
-from typing import Any
+import socketserver
 
 import redis
 
 
-def _handler_class() -> type[Any]:
+def _handler_class() -> type[socketserver.BaseRequestHandler]:
     """The request handler (built lazily: fakeredis is an optional dependency)."""
     from fakeredis._clients._tcp_server import TCPFakeRequestHandler
 
@@ -63,8 +63,7 @@ def serve(host: str, port: int) -> None:
     """Serve on ``host:port`` until interrupted."""
     import fakeredis
 
-    server_cls: Any = fakeredis.TcpFakeServer
-    server = server_cls((host, port), server_type="redis")
+    server = fakeredis.TcpFakeServer((host, port), server_type="redis")
     server.RequestHandlerClass = _handler_class()
     print(f"embedded fakeredis server on {host}:{port} (in memory)", flush=True)
     try:
