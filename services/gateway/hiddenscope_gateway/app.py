@@ -4,7 +4,8 @@
 
 A streaming reverse proxy by path (route table in :mod:`hiddenscope_gateway.settings`): request
 and response bodies pass through chunk by chunk (uploads of many GB are never held in memory),
-status, headers (minus hop-by-hop ones) and ``Location`` are passed unchanged, and
+status, headers and ``Location`` are passed unchanged (every value of a repeated header; minus
+the hop-by-hop ones, and ``Date`` and ``Server``, which the gateway's own server sets), and
 ``X-Forwarded-*`` headers are added. A path no rule owns is a 404 problem; an upstream that
 cannot be reached is a 502 problem (504 on timeout).
 
@@ -65,6 +66,19 @@ def _forward_headers(request: Request) -> list[tuple[str, str]]:
     return headers
 
 
+def _response_headers(answer: httpx.Response) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers to pass on, as ASGI raw headers: every value of a
+    repeated field (``set-cookie``, ``vary``) kept, hop-by-hop fields and the ones the gateway's
+    own server sets (``date``, ``server``) dropped."""
+    out = []
+    for name, value in answer.headers.raw:
+        key = name.lower()
+        text = key.decode("latin-1")
+        if text not in HOP_BY_HOP and text not in OWN_RESPONSE_HEADERS:
+            out.append((key, value))
+    return out
+
+
 class Gateway:
     """The proxy's state: settings and one pooled ``httpx.AsyncClient`` (opened at startup)."""
 
@@ -120,13 +134,13 @@ class Gateway:
             return _problem(
                 502, "Bad gateway", f"the {upstream} service is unreachable ({type(e).__name__})"
             )
-        out_headers = {k: v for k, v in answer.headers.multi_items() if k.lower() not in HOP_BY_HOP}
-        return StreamingResponse(
+        response = StreamingResponse(
             answer.aiter_raw(),
             status_code=answer.status_code,
-            headers=out_headers,
             background=BackgroundTask(answer.aclose),
         )
+        response.raw_headers = _response_headers(answer)
+        return response
 
     async def health(self) -> dict[str, bool]:
         client = self.client
