@@ -2,7 +2,7 @@
 UV ?= uv
 PY := $(UV) run --frozen --all-extras
 
-.PHONY: setup run demo-core test test-fast lint format typecheck bench bench-small schemas clean
+.PHONY: setup run demo-core test test-fast lint format typecheck screenshots bench bench-small schemas clean
 
 setup:            ## install everything (Python deps from the lock, redis-server and chromium if missing)
 	@command -v $(UV) >/dev/null || python3 -m pip install --quiet "uv==0.13.8"
@@ -33,6 +33,9 @@ format:
 
 typecheck:
 	$(PY) mypy
+
+screenshots: setup  ## refresh the README's pictures in docs/screenshots/ (the browser tests; tests alone write only to temp dirs)
+	HIDDENSCOPE_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) pytest -q -p no:cacheprovider tests/ui/test_browser.py
 
 bench: setup      ## benchmarks (not tests): T = 1e7 and 1e8; prints ratios against a numpy baseline
 	$(PY) python -m bench.core_bench --steps 10000000 100000000

@@ -36,12 +36,8 @@ import h5py
 import httpx
 import numpy as np
 import psutil
-from hiddenscope_service.testing import (
-    ManagedProcess,
-    RedisServer,
-    start_celery_worker,
-    start_uvicorn,
-)
+from hiddenscope_service.processes import ManagedProcess
+from hiddenscope_service.testing import RedisServer, start_celery_worker, start_uvicorn
 
 from bench.ingest_bench import lstm_like
 

@@ -40,12 +40,8 @@ from hiddenscope_core.reader import Catalog, Dataset
 from hiddenscope_core.select import select_cells
 from hiddenscope_core.synth import generate_chunks
 from hiddenscope_core.writer import DatasetWriter
-from hiddenscope_service.testing import (
-    ManagedProcess,
-    RedisServer,
-    start_celery_worker,
-    start_uvicorn,
-)
+from hiddenscope_service.processes import ManagedProcess
+from hiddenscope_service.testing import RedisServer, start_celery_worker, start_uvicorn
 
 GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 VOCAB_SIZE = 5000

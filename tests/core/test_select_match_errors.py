@@ -13,18 +13,24 @@ from hiddenscope_core.select import select_cells
 from pydantic import ValidationError
 
 from tests.core.datagen import DataSpec, LayerSpec, write_dataset
+from tests.core.reference import ref_match, ref_select
 
 T, D = 40, 5
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
+def spec() -> DataSpec:
     rng = np.random.default_rng(3)
     spec = DataSpec(n_steps=T, starts=[0, 10, 11, 25], names=["a", "b", "c", "d"])
     spec.layers = [
         LayerSpec("main", rng.normal(0.3, 0.3, (T, D)).astype(np.float32), "none"),
         LayerSpec("half", rng.normal(0.3, 0.3, (T, 2)).astype(np.float16), "tanh"),
     ]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def ds(spec: DataSpec, tmp_path_factory):
     return write_dataset(spec, tmp_path_factory.mktemp("errors"))
 
 
@@ -83,9 +89,14 @@ def test_select_range_outside_data_or_across_sequences(ds, start: int, end: int)
     assert_4xx(e.value)
 
 
-def test_select_ranges_inside_one_sequence_are_fine(ds) -> None:
+def test_select_ranges_inside_one_sequence_are_fine(ds, spec: DataSpec) -> None:
+    raw = spec.layer("main").raw
     for a, b in [(0, 10), (10, 11), (11, 25), (25, T), (39, 40)]:
-        select_cells(ds, SelectQuery(layer="main", start=a, end=b))
+        got = select_cells(ds, SelectQuery(layer="main", start=a, end=b))
+        want = ref_select(raw, "none", spec.starts, start=a, end=b)
+        assert got.cells == want.cells, (a, b)
+        assert (got.window_start, got.window_end) == (want.window_start, want.window_end)
+        assert got.counts == want.counts, (a, b)
 
 
 def test_select_empty_range_rejected_by_model() -> None:
@@ -109,9 +120,14 @@ def test_top_k_out_of_bounds(top_k: int) -> None:
         MatchQuery(layer="main", cells=[0], top_k=top_k)
 
 
-def test_top_k_bounds_accepted(ds) -> None:
+def test_top_k_bounds_accepted(ds, spec: DataSpec) -> None:
+    raw = spec.layer("main").raw
     for top_k in [1, MAX_TOP_K]:
-        match(ds, MatchQuery(layer="main", cells=[0], top_k=top_k))
+        got = match(ds, MatchQuery(layer="main", cells=[0], top_k=top_k))
+        want = ref_match(raw, "none", spec.starts, cells=[0], top_k=top_k,
+                         sequence_names=list(spec.names or []))  # fmt: skip
+        assert len(got.hits) == min(top_k, want.n_candidates) > 0
+        assert [h.model_dump() for h in got.hits] == [h.model_dump() for h in want.hits]
 
 
 @pytest.mark.parametrize(

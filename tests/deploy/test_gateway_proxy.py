@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hiddenscope_service.testing import ManagedProcess, start_uvicorn
+from hiddenscope_service.processes import ManagedProcess
+from hiddenscope_service.testing import start_uvicorn
 
 REPO = Path(__file__).resolve().parents[2]
 

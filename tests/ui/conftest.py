@@ -1,17 +1,14 @@
-"""UI test fixtures: the real API stack (see :mod:`tests.ui.stack`) and AppTest factories."""
+"""UI test fixtures: the real API stack (see :mod:`tests.ui.helpers`) and AppTest factories."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.ui.stack import UiStack, start_stack
-
-APP = Path(__file__).resolve().parents[2] / "ui" / "hiddenscope_ui" / "app.py"
+from tests.ui.helpers import APP, UiStack, start_stack
 
 
 @pytest.fixture(scope="session")
@@ -21,14 +18,6 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
         yield stack
     finally:
         stack.stop()
-
-
-def page_text(at: AppTest) -> str:
-    """Everything a page says in words: markdown, errors, warnings, infos, captions, successes."""
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error]
-    parts += [w.value for w in at.warning] + [i.value for i in at.info]
-    parts += [c.value for c in at.caption] + [s.value for s in at.success]
-    return "\n".join(str(p) for p in parts)
 
 
 def _use_api(monkeypatch: pytest.MonkeyPatch, url: str) -> None:

@@ -12,8 +12,8 @@ from hiddenscope_service.jobs import JobStore
 from hiddenscope_ui import api
 from streamlit.testing.v1 import AppTest
 
-from tests.ui.conftest import page_text as _text
-from tests.ui.stack import UiStack, write_demo
+from tests.ui.helpers import UiStack, write_demo
+from tests.ui.helpers import page_text as _text
 
 App = Callable[..., AppTest]
 

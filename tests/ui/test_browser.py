@@ -5,8 +5,9 @@ The demo dataset (``deploy/demo/data``: the paper's §6.1 parenthesis language) 
 through the datasets page's form; then the paper's Fig. 7 walk-through: select ``( 4`` on
 ``cell_l2`` with the nesting track and a second layer side by side, run the match, switch the
 nesting heatmap on and map it onto the results, which lie at nesting level 4. Also: a box drag
-over the plot sets the range, and a long range shows min/max bands. Screenshots go to
-``docs/screenshots/``."""
+over the plot sets the range, and a long range shows min/max bands. Screenshots go to a temporary
+directory, or to ``$HIDDENSCOPE_SCREENSHOTS_DIR`` when it is set (``make screenshots`` sets it to
+``docs/screenshots/`` to refresh the README's pictures)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,13 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from hiddenscope_service.testing import free_port
+from hiddenscope_service.processes import free_port
 from playwright.sync_api import Page, sync_playwright
 
-from tests.ui.conftest import APP
-from tests.ui.figures import array
-from tests.ui.stack import UiStack
+from tests.ui.helpers import APP, UiStack, array
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
 DEMO = ROOT / "deploy" / "demo" / "data"
 OPEN, FOUR = 0, 6  # token ids of "(" and "4" in the demo's vocab.txt
 
@@ -72,6 +70,18 @@ def ui_url(ui_stack: UiStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
             proc.kill()
         # the demo uploaded here is not part of the other UI tests' catalog
         httpx.delete(f"{ui_stack.url}/v1/datasets/parens", timeout=30)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go: a temporary directory unless a refresh of the docs' pictures
+    names one (``make screenshots``)."""
+    chosen = os.environ.get("HIDDENSCOPE_SCREENSHOTS_DIR")
+    if not chosen:
+        return tmp_path_factory.mktemp("screenshots")
+    out = Path(chosen)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +142,10 @@ def _plot_data(pg: Page, index: int) -> dict[str, Any]:
     )
 
 
-def _shot(pg: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+def _shot(pg: Page, shots: Path, name: str) -> None:
     pg.wait_for_timeout(1500)
-    pg.screenshot(path=str(SHOTS / name), full_page=True)
+    pg.screenshot(path=str(shots / name), full_page=True)
+    assert (shots / name).stat().st_size > 0
 
 
 def _open_four() -> int:
@@ -148,7 +158,7 @@ def _open_four() -> int:
     )
 
 
-def test_upload_the_demo_through_the_datasets_page(page: Page, ui_url: str) -> None:
+def test_upload_the_demo_through_the_datasets_page(page: Page, ui_url: str, shots: Path) -> None:
     manifest = (DEMO / "manifest.yml").read_text()
     files = sorted({s["source"]["file"] for s in yaml.safe_load(manifest)["layers"]})
     files += ["tokens.npy", "vocab.txt", "nesting.npy"]
@@ -167,10 +177,10 @@ def test_upload_the_demo_through_the_datasets_page(page: Page, ui_url: str) -> N
     page.get_by_text("published parens (20,000 steps)").wait_for(timeout=180_000)
     _no_traceback(page)
     page.locator('[data-testid="stDataFrame"]').wait_for(timeout=30_000)
-    _shot(page, "datasets.png")
+    _shot(page, shots, "datasets.png")
 
 
-def test_select_open_four_with_a_second_layer(page: Page, ui_url: str) -> None:
+def test_select_open_four_with_a_second_layer(page: Page, ui_url: str, shots: Path) -> None:
     a = _open_four()
     page.goto(
         f"{ui_url}/select?dataset=parens&layer=cell_l2&pos={a}&range={a},{a + 2}"
@@ -184,7 +194,7 @@ def test_select_open_four_with_a_second_layer(page: Page, ui_url: str) -> None:
     _no_traceback(page)
     main = _plot_data(page, 0)
     assert any(t["name"] == "cells" and t["type"] == "scattergl" for t in main["data"])
-    _shot(page, "select-view.png")
+    _shot(page, shots, "select-view.png")
 
 
 def test_box_drag_on_the_plot_sets_the_range(page: Page, ui_url: str) -> None:
@@ -207,7 +217,7 @@ def test_box_drag_on_the_plot_sets_the_range(page: Page, ui_url: str) -> None:
     assert _query(page)["cells"] == "3,7,11"
 
 
-def test_tracks_switch_and_mask_in_the_browser(page: Page, ui_url: str) -> None:
+def test_tracks_switch_and_mask_in_the_browser(page: Page, ui_url: str, shots: Path) -> None:
     page.goto(f"{ui_url}/select?dataset=demo&pos=20&range=20,23&tracks=pos&hl=7")
     page.get_by_text("3 selected cells").wait_for(timeout=60_000)
     page.get_by_role("button", name="next (topk)").click()
@@ -224,10 +234,10 @@ def test_tracks_switch_and_mask_in_the_browser(page: Page, ui_url: str) -> None:
     names = [t["name"] for t in _plot_data(page, 0)["data"]]
     assert names.count("mask") == 3  # pos, loss, next (K rows in one overlay)
     _no_traceback(page)
-    _shot(page, "select-tracks.png")
+    _shot(page, shots, "select-tracks.png")
 
 
-def test_long_range_shows_bands_and_binned_tracks(page: Page, ui_url: str) -> None:
+def test_long_range_shows_bands_and_binned_tracks(page: Page, ui_url: str, shots: Path) -> None:
     a = _open_four()
     page.goto(
         f"{ui_url}/select?dataset=parens&layer=cell_l2&pos=0&cw=0.06&range={a},{a + 2}"
@@ -241,10 +251,10 @@ def test_long_range_shows_bands_and_binned_tracks(page: Page, ui_url: str) -> No
     # the selected cells' on-count per bin, then the track per bin
     assert [t["name"] for t in data if t["type"] == "heatmap"] == ["on-count", "nesting"]
     assert any(str(t["name"]).startswith("cell ") for t in data)  # the selected cells' bands
-    _shot(page, "select-summary.png")
+    _shot(page, shots, "select-summary.png")
 
 
-def test_match_view_runs_and_maps_the_nesting_heatmap(page: Page, ui_url: str) -> None:
+def test_match_view_runs_and_maps_the_nesting_heatmap(page: Page, ui_url: str, shots: Path) -> None:
     a = _open_four()
     page.goto(f"{ui_url}/select?dataset=parens&layer=cell_l2&pos={a}&range={a},{a + 2}")
     link = page.get_by_text("Match these")
@@ -283,4 +293,4 @@ def test_match_view_runs_and_maps_the_nesting_heatmap(page: Page, ui_url: str) -
         run = row[offsets_start : offsets_start + length]
         at_four.append(np.mean(run[np.isfinite(run)] == 4) >= 0.9)
     assert np.mean(at_four) >= 0.8, at_four
-    _shot(page, "match-view.png")
+    _shot(page, shots, "match-view.png")

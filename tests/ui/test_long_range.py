@@ -19,9 +19,9 @@ from hiddenscope_ui import api
 from streamlit.testing.v1 import AppTest
 
 from tests.core.reference import ref_bin_edges, ref_on_count_summary, ref_track_summary
-from tests.ui.conftest import page_text as _text
-from tests.ui.figures import array as _arr
-from tests.ui.stack import VOCAB, UiStack
+from tests.ui.helpers import VOCAB, UiStack
+from tests.ui.helpers import array as _arr
+from tests.ui.helpers import page_text as _text
 
 App = Callable[..., AppTest]
 

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs
 from hiddenscope_ui.state import parse_query_params
 from streamlit.testing.v1 import AppTest
 
-from tests.ui.conftest import page_text as _text
-from tests.ui.stack import PLANTED_CELLS, UiStack
+from tests.ui.helpers import PLANTED_CELLS, UiStack
+from tests.ui.helpers import page_text as _text
 
 App = Callable[..., AppTest]
 

@@ -17,9 +17,9 @@ from hiddenscope_match.service import JOB_KIND, JOB_PREFIX
 from hiddenscope_service.jobs import JobStore
 from streamlit.testing.v1 import AppTest
 
-from tests.ui.conftest import page_text as _text
-from tests.ui.figures import array as _arr
-from tests.ui.stack import PLANTED_CELLS, VOCAB, UiStack
+from tests.ui.helpers import PLANTED_CELLS, VOCAB, UiStack
+from tests.ui.helpers import array as _arr
+from tests.ui.helpers import page_text as _text
 
 App = Callable[..., AppTest]
 

@@ -10,6 +10,8 @@
 * :mod:`hiddenscope_service.app_parts` — the health route and the OpenAPI assembly.
 * :mod:`hiddenscope_service.celery_app` — the Celery app factory with the reliability settings of
   ``notes/ecosystem.md`` §4.
+* :mod:`hiddenscope_service.processes` — subprocesses in their own process group, stopped with
+  their children (the local stack's services, the test helpers' servers).
 * :mod:`hiddenscope_service.testing` — pytest helpers that run a real ``redis-server``, Celery
   workers and uvicorn servers as subprocesses.
 

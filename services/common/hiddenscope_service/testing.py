@@ -9,100 +9,23 @@ Used by the pytest fixtures in ``tests/services/conftest.py``; usable from any s
 * :func:`start_uvicorn` — ``uvicorn --factory <module:create_app>`` on a free port; waits until a
   health path answers.
 
-Every helper returns a :class:`ManagedProcess` whose log file is kept for failure messages and
-which is stopped (terminate, then kill) by ``stop()``; ``kill()`` sends SIGKILL (chaos tests).
+Every helper returns a :class:`~hiddenscope_service.processes.ManagedProcess` whose log file is
+kept for failure messages and which is stopped (terminate, then kill) by ``stop()``; ``kill()``
+sends SIGKILL (chaos tests).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import redis
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ManagedProcess:
-    """A subprocess started by a helper; its stdout+stderr go to ``log_path``."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    url: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log(self, tail: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the process group, wait, then SIGKILL whatever is left."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout)
-        # the group may hold children (Celery pool processes) even after the parent exited
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once (simulates a crash)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-
-
-def _spawn(
-    name: str,
-    argv: Sequence[str],
-    log_path: Path,
-    env: Mapping[str, str] | None,
-    cwd: Path | None,
-) -> ManagedProcess:
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        popen = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,  # own process group: stop()/kill() reach the children
-        )
-    return ManagedProcess(name=name, popen=popen, log_path=log_path)
+from hiddenscope_service.processes import ManagedProcess, free_port, spawn
 
 
 class RedisServer:
@@ -133,7 +56,7 @@ class RedisServer:
             "--protected-mode", "yes",
             "--daemonize", "no",
         ]  # fmt: skip
-        self.process = _spawn("redis", argv, self.workdir / "redis.log", None, None)
+        self.process = spawn("redis", argv, log_path=self.workdir / "redis.log")
         self.process.url = self.url
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_timeout=1)
@@ -183,7 +106,7 @@ def start_celery_worker(
         "-n", node,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
-    proc = _spawn(name, argv, log_path, env, cwd)
+    proc = spawn(name, argv, log_path=log_path, env=env, cwd=cwd)
     proc.extra["node"] = node
     deadline = time.monotonic() + timeout
     while " ready." not in proc.log(tail=1_000_000):
@@ -214,7 +137,7 @@ def start_uvicorn(
         "--host", "127.0.0.1", "--port", str(port),
         "--log-level", "info", "--no-access-log",
     ]  # fmt: skip
-    proc = _spawn("uvicorn", argv, log_path, env, cwd)
+    proc = spawn("uvicorn", argv, log_path=log_path, env=env, cwd=cwd)
     proc.url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from hiddenscope_service.testing import ManagedProcess, free_port
+from hiddenscope_service.processes import ManagedProcess, free_port, spawn
 
 from hiddenscope_stack.compose import ComposeFile, ServiceSpec, load_compose
 from hiddenscope_stack.probe import probe
@@ -299,20 +299,12 @@ class Stack:
     def _spawn(self, svc: LocalService) -> ManagedProcess:
         for mount in svc.spec.volumes:
             (self.state_dir / "volumes" / mount.source).mkdir(parents=True, exist_ok=True)
-        svc.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update(svc.env)
-        with open(svc.log_path, "ab") as log:
-            popen = subprocess.Popen(
-                svc.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=svc.cwd,
-                start_new_session=True,  # own process group: stop() reaches pool children
-            )
-        return ManagedProcess(name=svc.id, popen=popen, log_path=svc.log_path, url=svc.url)
+        # appended: a restarted stack keeps the earlier runs' logs
+        process = spawn(
+            svc.id, svc.argv, log_path=svc.log_path, env=svc.env, cwd=svc.cwd, append=True
+        )
+        process.url = svc.url
+        return process
 
     def _healthy_once(self, svc: LocalService) -> bool:
         test = svc.health

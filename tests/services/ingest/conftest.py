@@ -4,40 +4,13 @@ pool processes) and one uvicorn subprocess for the session, plus an httpx client
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from hiddenscope_service.testing import (
-    ManagedProcess,
-    RedisServer,
-    start_celery_worker,
-    start_uvicorn,
-)
+from hiddenscope_service.testing import RedisServer, start_celery_worker, start_uvicorn
 
-MAX_UPLOAD_BYTES = 8 * 2**20
-
-
-@dataclass
-class IngestStack:
-    api: ManagedProcess
-    worker: ManagedProcess
-    data_root: Path
-    allowed_root: Path
-    env: dict[str, str]
-    redis: RedisServer
-
-    @property
-    def url(self) -> str:
-        assert self.api.url is not None
-        return self.api.url
-
-    def logs(self) -> str:
-        return f"--- worker ---\n{self.worker.log()}\n--- api ---\n{self.api.log()}"
+from tests.services.ingest.helpers import MAX_UPLOAD_BYTES, IngestStack
 
 
 @pytest.fixture(scope="session")
@@ -92,16 +65,3 @@ def ingest_stack(
 def client(ingest_stack: IngestStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=ingest_stack.url, timeout=60) as c:
         yield c
-
-
-def wait_job(client: httpx.Client, location: str, timeout: float = 90) -> dict[str, Any]:
-    """Poll a job monitor until it is terminal; returns its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get(location, params={"wait": 10})
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {location} still {body['status']} after {timeout}s")

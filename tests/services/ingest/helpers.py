@@ -1,11 +1,15 @@
-"""Test data in every accepted format, and upload helpers."""
+"""What the ingest tests share: the stack's handle (:class:`IngestStack`, built by the
+``ingest_stack`` fixture), test data in every accepted format (an LSTMVis project among them), and
+upload and job helpers."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,46 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from hiddenscope_core.reader import Catalog, Dataset
 from hiddenscope_core.transforms import transform_values
+from hiddenscope_service.processes import ManagedProcess
+from hiddenscope_service.testing import RedisServer
 from safetensors.numpy import save as st_save
 
-from tests.services.ingest.conftest import wait_job
+MAX_UPLOAD_BYTES = 8 * 2**20
+"""The stack's upload and file size limit (``max_upload_bytes``, ``max_file_bytes``)."""
+
+
+@dataclass
+class IngestStack:
+    api: ManagedProcess
+    worker: ManagedProcess
+    data_root: Path
+    allowed_root: Path
+    env: dict[str, str]
+    redis: RedisServer
+
+    @property
+    def url(self) -> str:
+        assert self.api.url is not None
+        return self.api.url
+
+    def logs(self) -> str:
+        return f"--- worker ---\n{self.worker.log()}\n--- api ---\n{self.api.log()}"
+
+
+def wait_job(client: httpx.Client, location: str, timeout: float = 90) -> dict[str, Any]:
+    """Poll a job monitor until it is terminal; returns its body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(location, params={"wait": 10})
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {location} still {body['status']} after {timeout}s")
 
 
 def states(T: int, D: int, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -137,3 +176,67 @@ def assert_layer(ds: Dataset, layer: str, raw: npt.NDArray[Any], transform: str 
     got = ds.window(layer, 0, ds.n_steps)
     want = transform_values(raw.astype(np.float32), transform)  # type: ignore[arg-type]
     np.testing.assert_array_equal(got, want)
+
+
+def lstmvis_project(
+    T: int = 400, D: int = 6
+) -> tuple[dict[str, bytes], dict[str, npt.NDArray[Any]]]:
+    """A small LSTMVis project in the original layout (ids from 1 in the .dict, as the original)."""
+    rng = np.random.default_rng(5)
+    arrays = {
+        "states1": states(T, D, seed=30) * 2,
+        "output2": np.tanh(states(T, D, seed=31)).astype(np.float32),
+        "word_ids": rng.integers(1, 8, size=T).astype(np.int64),
+        "pos": rng.integers(1, 4, size=T).astype(np.int64),
+        "loss": rng.random(T).astype(np.float32),
+        "preds": rng.integers(1, 8, size=(T, 5)).astype(np.int64),
+        "scores": rng.random((T, 5)).astype(np.float32),
+        "freq": rng.random(8).astype(np.float32),  # per-vocabulary table (index: word_sequence)
+    }
+
+    def h5(**ds: npt.NDArray[Any]) -> bytes:
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            for k, v in ds.items():
+                f.create_dataset(k, data=v)
+        return buf.getvalue()
+
+    words = ["<unk>", "the", "cat", "sat", "on", "mat", " ", "."]
+    config = {
+        "name": "children books",
+        "description": "a tiny LSTMVis project",
+        "files": {
+            "states": "states.hdf5", "train": "train.hdf5", "words": "train.dict",
+            "pos": "pos.h5", "pos_dict": "pos.dict", "topk": "topk.h5", "loss": "loss.h5",
+        },
+        "word_sequence": {"file": "train", "path": "word_ids", "dict_file": "words"},
+        "states": {
+            "file": "states",
+            "types": [
+                {"type": "state", "layer": 1, "path": "states1"},
+                {"type": "output", "layer": 2, "path": "output2", "transform": "none"},
+            ],
+        },
+        "meta": {
+            "part_of_speech": {"file": "pos", "path": "pos", "dict": "pos_dict",
+                               "vis": {"type": "discrete", "range": "dict"}},
+            "loss": {"file": "loss", "path": "loss", "vis": {"type": "scalar", "range": [0, 1]}},
+            "predictions": {"file": "topk", "path": "preds", "weights_path": "scores",
+                            "dict": "words", "type": "wordvec", "vis": {"type": "wordvec"}},
+            "frequency": {"file": "loss", "path": "freq", "index": "word_sequence",
+                          "vis": {"type": "scalar"}},
+        },
+        "etc": {"regex_search": False},
+    }  # fmt: skip
+    dict_lines = "".join(f"{w} {i}\n" for i, w in enumerate(words) if i > 0)
+    files = {
+        "lstm.yml": yaml.safe_dump(config).encode(),
+        "states.hdf5": h5(states1=arrays["states1"], output2=arrays["output2"]),
+        "train.hdf5": h5(word_ids=arrays["word_ids"]),
+        "train.dict": dict_lines.encode(),
+        "pos.h5": h5(pos=arrays["pos"]),
+        "pos.dict": b"NN 1\nVB 2\nDT 3\n",
+        "topk.h5": h5(preds=arrays["preds"], scores=arrays["scores"]),
+        "loss.h5": h5(loss=arrays["loss"], freq=arrays["freq"]),
+    }
+    return files, arrays

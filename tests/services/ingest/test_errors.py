@@ -16,16 +16,18 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.services.ingest.conftest import MAX_UPLOAD_BYTES, IngestStack, wait_job
 from tests.services.ingest.helpers import (
+    MAX_UPLOAD_BYTES,
+    IngestStack,
     ingest_fails,
     ingest_ok,
+    lstmvis_project,
     npy_bytes,
     post_upload,
     states,
     tar_gz_bytes,
+    wait_job,
 )
-from tests.services.ingest.test_roundtrip import lstmvis_project
 
 
 def one_layer(name: str, file: str = "x.npy", **extra: Any) -> dict[str, Any]:

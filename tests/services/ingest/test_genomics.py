@@ -13,8 +13,8 @@ from hiddenscope_ingest.errors import InvalidData
 from hiddenscope_ingest.loaders.base import Limits
 from hiddenscope_ingest.loaders.genomics import read_bed, read_fasta
 
-from tests.services.ingest.conftest import IngestStack
 from tests.services.ingest.helpers import (
+    IngestStack,
     assert_layer,
     ingest_fails,
     ingest_ok,

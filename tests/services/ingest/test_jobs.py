@@ -17,12 +17,13 @@ from hiddenscope_ingest.service import JOB_KIND, JobBusy, run_conversion
 from hiddenscope_ingest.settings import IngestSettings
 from hiddenscope_service.jobs import JobStore
 
-from tests.services.ingest.conftest import IngestStack, wait_job
 from tests.services.ingest.helpers import (
+    IngestStack,
     npy_bytes,
     open_published,
     post_upload,
     states,
+    wait_job,
 )
 
 

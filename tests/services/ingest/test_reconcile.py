@@ -17,8 +17,7 @@ from hiddenscope_ingest.settings import IngestSettings
 from hiddenscope_service.celery_app import make_celery
 from hiddenscope_service.jobs import JobStore
 
-from tests.services.ingest.conftest import IngestStack, wait_job
-from tests.services.ingest.helpers import npy_bytes, open_published, states
+from tests.services.ingest.helpers import IngestStack, npy_bytes, open_published, states, wait_job
 
 
 @pytest.fixture

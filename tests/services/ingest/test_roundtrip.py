@@ -8,21 +8,22 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
 from safetensors.numpy import save as st_save
 
-from tests.services.ingest.conftest import IngestStack, wait_job
 from tests.services.ingest.helpers import (
+    IngestStack,
     arrow_bytes,
     assert_layer,
     h5_bytes,
     ingest_ok,
+    lstmvis_project,
     npy_bytes,
     npz_bytes,
     open_published,
     parquet_bytes,
     states,
     tar_gz_bytes,
+    wait_job,
     zip_bytes,
 )
 
@@ -208,72 +209,6 @@ def test_ragged_layers_token_text_and_conll(
     assert list(ds2.tokens(0, 5)) == [1, 0, 2, 1, 0]
     assert ds2.vocab() == ["a", "b", "c"]
     assert list(ds2.sequence_starts()) == [0, 2]
-
-
-def lstmvis_project(T: int = 400, D: int = 6) -> tuple[dict[str, bytes], dict[str, np.ndarray]]:
-    """A small LSTMVis project in the original layout (ids from 1 in the .dict, as the original)."""
-    import io
-
-    import h5py
-
-    rng = np.random.default_rng(5)
-    arrays = {
-        "states1": states(T, D, seed=30) * 2,
-        "output2": np.tanh(states(T, D, seed=31)).astype(np.float32),
-        "word_ids": rng.integers(1, 8, size=T).astype(np.int64),
-        "pos": rng.integers(1, 4, size=T).astype(np.int64),
-        "loss": rng.random(T).astype(np.float32),
-        "preds": rng.integers(1, 8, size=(T, 5)).astype(np.int64),
-        "scores": rng.random((T, 5)).astype(np.float32),
-        "freq": rng.random(8).astype(np.float32),  # per-vocabulary table (index: word_sequence)
-    }
-
-    def h5(**ds: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        with h5py.File(buf, "w") as f:
-            for k, v in ds.items():
-                f.create_dataset(k, data=v)
-        return buf.getvalue()
-
-    words = ["<unk>", "the", "cat", "sat", "on", "mat", " ", "."]
-    config = {
-        "name": "children books",
-        "description": "a tiny LSTMVis project",
-        "files": {
-            "states": "states.hdf5", "train": "train.hdf5", "words": "train.dict",
-            "pos": "pos.h5", "pos_dict": "pos.dict", "topk": "topk.h5", "loss": "loss.h5",
-        },
-        "word_sequence": {"file": "train", "path": "word_ids", "dict_file": "words"},
-        "states": {
-            "file": "states",
-            "types": [
-                {"type": "state", "layer": 1, "path": "states1"},
-                {"type": "output", "layer": 2, "path": "output2", "transform": "none"},
-            ],
-        },
-        "meta": {
-            "part_of_speech": {"file": "pos", "path": "pos", "dict": "pos_dict",
-                               "vis": {"type": "discrete", "range": "dict"}},
-            "loss": {"file": "loss", "path": "loss", "vis": {"type": "scalar", "range": [0, 1]}},
-            "predictions": {"file": "topk", "path": "preds", "weights_path": "scores",
-                            "dict": "words", "type": "wordvec", "vis": {"type": "wordvec"}},
-            "frequency": {"file": "loss", "path": "freq", "index": "word_sequence",
-                          "vis": {"type": "scalar"}},
-        },
-        "etc": {"regex_search": False},
-    }  # fmt: skip
-    dict_lines = "".join(f"{w} {i}\n" for i, w in enumerate(words) if i > 0)
-    files = {
-        "lstm.yml": yaml.safe_dump(config).encode(),
-        "states.hdf5": h5(states1=arrays["states1"], output2=arrays["output2"]),
-        "train.hdf5": h5(word_ids=arrays["word_ids"]),
-        "train.dict": dict_lines.encode(),
-        "pos.h5": h5(pos=arrays["pos"]),
-        "pos.dict": b"NN 1\nVB 2\nDT 3\n",
-        "topk.h5": h5(preds=arrays["preds"], scores=arrays["scores"]),
-        "loss.h5": h5(loss=arrays["loss"], freq=arrays["freq"]),
-    }
-    return files, arrays
 
 
 def _check_lstmvis(ds, arrays: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]

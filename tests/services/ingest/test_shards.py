@@ -14,14 +14,15 @@ import numpy as np
 from hiddenscope_ingest.shards import ShardBoard
 from hiddenscope_service.jobs import JobStore
 
-from tests.services.ingest.conftest import IngestStack, wait_job
 from tests.services.ingest.helpers import (
+    IngestStack,
     ingest_fails,
     ingest_ok,
     npy_bytes,
     open_published,
     post_upload,
     states,
+    wait_job,
 )
 
 

@@ -24,10 +24,17 @@ from hiddenscope_core.versions import add_tracks as core_add_tracks
 from hiddenscope_ingest.reconcile import reconcile
 from hiddenscope_ingest.settings import IngestSettings
 from hiddenscope_service.jobs import JobStore
-from hiddenscope_service.testing import ManagedProcess, start_uvicorn
+from hiddenscope_service.processes import ManagedProcess
+from hiddenscope_service.testing import start_uvicorn
 
-from tests.services.ingest.conftest import IngestStack, wait_job
-from tests.services.ingest.helpers import ingest_ok, npy_bytes, open_published, states
+from tests.services.ingest.helpers import (
+    IngestStack,
+    ingest_ok,
+    npy_bytes,
+    open_published,
+    states,
+    wait_job,
+)
 
 T, D = 1500, 8
 VOCAB = ["the", "cat", "sat", "on", "mat", ".", "a", "dog"]

@@ -4,9 +4,7 @@ by ``two_workers``) and real uvicorn servers whose only difference is the shard 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +13,17 @@ import numpy as np
 import pytest
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.writer import DatasetWriter
-from hiddenscope_service.testing import (
-    ManagedProcess,
-    RedisServer,
-    start_celery_worker,
-    start_uvicorn,
-)
+from hiddenscope_service.testing import RedisServer, start_uvicorn
 
 from tests.core.datagen import DataSpec, random_dataspec, write_dataset
-
-SHARD_SIZES = {"tiny": 37, "small": 256, "one": 1 << 24}
-"""API processes by name → their ``shard_steps`` setting (the shard plan is made by the API)."""
-
-MAX_WINDOW_STEPS = 5000
-MAX_WINDOW_VALUES = 200_000
-
-VOCAB = ["the", "cat", "sat", "on", "mat", "a", "dog", ".", "and", "ran"]
-
-
-@dataclass
-class MatchData:
-    root: Path
-    specs: dict[str, DataSpec] = field(default_factory=dict)
-    text: dict[str, Any] = field(default_factory=dict)
+from tests.services.match.helpers import (
+    MAX_WINDOW_STEPS,
+    MAX_WINDOW_VALUES,
+    SHARD_SIZES,
+    VOCAB,
+    MatchData,
+    MatchStack,
+)
 
 
 def _random_specs() -> dict[str, DataSpec]:
@@ -109,38 +95,6 @@ def match_data(tmp_path_factory: pytest.TempPathFactory) -> MatchData:
     return data
 
 
-@dataclass
-class MatchStack:
-    apis: dict[str, ManagedProcess]
-    workers: list[ManagedProcess]
-    data: MatchData
-    env: dict[str, str]
-    redis: RedisServer
-    base: Path
-
-    def url(self, api: str = "small") -> str:
-        url = self.apis[api].url
-        assert url is not None
-        return url
-
-    def logs(self) -> str:
-        parts = [f"--- {p.name} ---\n{p.log()}" for p in (*self.workers, *self.apis.values())]
-        return "\n".join(parts)
-
-    def add_worker(self) -> None:
-        n = len(self.workers)
-        self.workers.append(
-            start_celery_worker(
-                "hiddenscope_match.tasks:celery_app",
-                queues=["match"],
-                log_path=self.base / f"worker{n}.log",
-                env=self.env,
-                concurrency=1,
-                name=f"match{n}",
-            )
-        )
-
-
 @pytest.fixture(scope="session")
 def match_stack(
     redis_server: RedisServer,
@@ -179,16 +133,3 @@ def match_stack(
 def client(match_stack: MatchStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=match_stack.url("small"), timeout=60) as c:
         yield c
-
-
-def wait_job(client: httpx.Client, location: str, timeout: float = 120) -> dict[str, Any]:
-    """Poll a match job until it is terminal; returns its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get(location, params={"wait": 10})
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {location} still {body['status']} after {timeout}s")

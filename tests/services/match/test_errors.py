@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.services.match.conftest import MAX_WINDOW_STEPS, MAX_WINDOW_VALUES
+from tests.services.match.helpers import MAX_WINDOW_STEPS, MAX_WINDOW_VALUES
 
 PROBLEM = "application/problem+json"
 

@@ -18,7 +18,7 @@ from hiddenscope_match.settings import MatchSettings
 from hiddenscope_service.testing import RedisServer
 
 from tests.core.reference import ref_bin_edges, ref_on_count_summary, ref_track_summary
-from tests.services.match.conftest import VOCAB, MatchStack
+from tests.services.match.helpers import VOCAB, MatchStack
 
 PROBLEM = "application/problem+json"
 RANGES = [(0, 3000, 7), (3, 250, 100), (10, 13, 50), (999, 2001, 3), (2999, 3000, 5)]

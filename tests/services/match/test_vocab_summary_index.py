@@ -20,7 +20,7 @@ from hiddenscope_match.search import INDEX_DIR, build_index, clean_caches
 from hiddenscope_match.settings import MatchSettings
 from hiddenscope_service.testing import RedisServer
 
-from tests.services.match.conftest import VOCAB, MatchStack
+from tests.services.match.helpers import VOCAB, MatchStack
 
 # ------------------------------------------------------------------------------ vocabulary
 

@@ -1,27 +1,31 @@
-"""The real API stack the UI tests talk to: a redis-server, the match API + a match worker, the
-ingest API + an ingest worker, and the gateway in front of both (one base URL), all real
-processes on free loopback ports. The dataset is written with the core ``DatasetWriter``.
+"""What the UI tests share: the real API stack they talk to (:func:`start_stack`: a redis-server,
+the match API + a match worker, the ingest API + an ingest worker, and the gateway in front of both
+(one base URL), all real processes on free loopback ports; the dataset is written with the core
+``DatasetWriter``), the app's path, and readers of what a page shows (:func:`page_text`, plotly
+figure arrays: :func:`array`).
 
-``python -m tests.ui.stack DIR`` starts it by hand (prints the gateway URL; Ctrl-C stops it).
+``python -m tests.ui.helpers DIR`` starts the stack by hand (prints the gateway URL; Ctrl-C stops
+it).
 """
 
 from __future__ import annotations
 
+import base64
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.writer import DatasetWriter
-from hiddenscope_service.testing import (
-    ManagedProcess,
-    RedisServer,
-    start_celery_worker,
-    start_uvicorn,
-)
+from hiddenscope_service.processes import ManagedProcess
+from hiddenscope_service.testing import RedisServer, start_celery_worker, start_uvicorn
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[2] / "ui" / "hiddenscope_ui" / "app.py"
 
 VOCAB = [
     "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "park", "(", ")", "and", ".",
@@ -148,6 +152,27 @@ def start_stack(base: Path) -> UiStack:
         stack.stop()
         raise
     return stack
+
+
+def page_text(at: AppTest) -> str:
+    """Everything a page says in words: markdown, errors, warnings, infos, captions, successes."""
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error]
+    parts += [w.value for w in at.warning] + [i.value for i in at.info]
+    parts += [c.value for c in at.caption] + [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+def array(value: Any) -> np.ndarray[Any, Any]:
+    """A plotly figure's array (AppTest's chart specs, or a browser's ``gd.data``) as floats
+    (plotly writes numpy arrays as ``{dtype, bdata, shape}``; ``None`` becomes NaN)."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if value.get("shape"):
+            out = out.reshape([int(x) for x in str(value["shape"]).split(",")])
+        return out.astype(float)
+    if isinstance(value, list) and value and isinstance(value[0], dict | list):
+        return np.stack([array(v) for v in value])
+    return np.asarray([np.nan if v is None else v for v in value], dtype=float)
 
 
 def _interrupt(signum: int, frame: object) -> None:
