@@ -161,7 +161,7 @@ def job_kind(job_id: str) -> str | None:
 
 
 # All times come from the Redis server (TIME) so that every process agrees on one clock.
-_LUA_NOW = """
+LUA_NOW = """
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -171,7 +171,7 @@ end
 # KEYS[1] job key, KEYS[2] idempotency key ('' for none)
 # ARGV[1] idempotency value, ARGV[2] ttl, ARGV[3..] field/value pairs
 _CREATE = (
-    _LUA_NOW
+    LUA_NOW
     + """
 if KEYS[2] ~= '' then
   local existing = redis.call('GET', KEYS[2])
@@ -188,7 +188,7 @@ return ''
 
 # KEYS[1] job; ARGV: owner, lease seconds, max attempts, ttl
 _CLAIM = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', '', '0', '0'} end
@@ -222,7 +222,7 @@ return {'claimed', 'running', tostring(attempts), '0'}
 # KEYS[1] job; ARGV: owner, lease seconds, done, total
 # returns: 'lost' (not ours any more), 'cancel' (cancel requested), 'ok'
 _PROGRESS = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'lost' end
@@ -238,7 +238,7 @@ return 'ok'
 
 # KEYS[1] job; ARGV: to status, owner ('' = any), ttl, n_from, from..., then field/value pairs
 _TRANSITION = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -268,7 +268,7 @@ return 'ok'
 
 # KEYS[1] job; ARGV: ttl, error json for the cancelled-while-queued case
 _CANCEL = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -293,7 +293,7 @@ return st
 # returns {outcome, status, attempts}: outcome 'missing' | 'terminal' | 'cancel' | 'exhausted' |
 # 'run'
 _BEGIN_PART = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', '', '0'} end
@@ -320,7 +320,7 @@ return {'run', st, tostring(attempts)}
 # KEYS[1] job, KEYS[2] parts hash; ARGV: part index, value, ttl
 # returns {status, done, total}; a finished part of a terminal job is not recorded
 _FINISH_PART = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', '0', '0'} end
@@ -535,6 +535,16 @@ class JobStore:
 
     def exists(self, job_id: str) -> bool:
         return int(self.client.exists(self._job_key(job_id))) > 0
+
+    def ping(self) -> None:
+        """Check that Redis answers (raises ``redis.RedisError`` if not): the health check."""
+        self.client.ping()
+
+    @property
+    def location(self) -> str:
+        """Where the store's Redis is (``host:port`` or a socket path), for messages."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        return str(kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}")
 
     # -- worker side ---------------------------------------------------------------------------
 

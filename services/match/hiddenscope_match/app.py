@@ -53,6 +53,6 @@ def create_app(settings: MatchSettings | None = None) -> FastAPI:
     )
     app.include_router(router)
 
-    add_health_route(app, store.client)
+    add_health_route(app, store)
     install_openapi(app, (Problem,))
     return app
