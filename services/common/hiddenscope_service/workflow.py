@@ -20,8 +20,8 @@ the classes here (the job store, :mod:`hiddenscope_service.jobs`, keeps the reco
 * :class:`Lock` — a short-lived exclusive hold on a named resource that expires by itself (the
   reconciler's pass, a dataset's search-index build).
 * :class:`Values` — small side values under a name, scoped to a job or a dataset, with a TTL:
-  strings (:meth:`Values.put`) and maxima kept atomically (:meth:`Values.raise_to`, the match
-  shard floor).
+  strings (:meth:`Values.put`), counters (:meth:`Values.add`) and maxima kept atomically
+  (:meth:`Values.raise_to`, the match shard floor).
 
 Keys (``prefix`` is the store's): a part set ``name`` of job ``id`` is
 ``{prefix}:job:{id}:{name}`` (a hash: ``n``, ``ndone`` and per part ``run|<owner>|<lease
@@ -611,6 +611,15 @@ class Values:
 
     def delete(self, scope: str) -> None:
         self.store.client.delete(self.key(scope))
+
+    def add(self, scope: str, n: int = 1) -> int:
+        """Add ``n`` to the scope's counter (from 0) and return the new count."""
+        key = self.key(scope)
+        pipe = self.store.client.pipeline()
+        pipe.incrby(key, n)
+        pipe.pexpire(key, max(1, int(self.ttl * 1000)))
+        count, _ = pipe.execute()
+        return int(count)
 
     def raise_to(self, scope: str, value: int) -> None:
         """Raise the scope's maximum to ``value`` (kept atomically whatever order the raises
