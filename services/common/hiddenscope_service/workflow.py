@@ -110,16 +110,16 @@ class Heartbeat:
 class JobLease:
     """A worker's hold on a whole job for one attempt (see :meth:`claim`).
 
-    ``claim`` is the store's answer: ``outcome`` ``claimed`` (the lease is held: work, then
-    :meth:`finish`), ``busy`` (another live worker holds it: retry after ``retry_after``
-    seconds), ``terminal`` (nothing to do) or ``exhausted`` (the store failed the job after
-    ``max_attempts`` claims)."""
+    ``answer`` is the store's answer to the claim; its ``outcome`` is ``claimed`` (the lease is
+    held: work, then :meth:`finish`), ``busy`` (another live worker holds it: retry after
+    ``retry_after`` seconds), ``terminal`` (nothing to do) or ``exhausted`` (the store failed
+    the job after ``max_attempts`` claims)."""
 
     store: JobStore
     job_id: str
     owner: str
     seconds: float
-    claim_: Claim
+    answer: Claim
 
     @classmethod
     def claim(cls, store: JobStore, job_id: str, owner: str, seconds: float) -> JobLease:
@@ -130,24 +130,24 @@ class JobLease:
 
     @property
     def outcome(self) -> Literal["claimed", "busy", "terminal", "exhausted"]:
-        return self.claim_.outcome
+        return self.answer.outcome
 
     @property
     def held(self) -> bool:
-        return self.claim_.outcome == "claimed"
+        return self.answer.outcome == "claimed"
 
     @property
     def attempts(self) -> int:
-        return self.claim_.attempts
+        return self.answer.attempts
 
     @property
     def retry_after(self) -> float:
-        return self.claim_.retry_after
+        return self.answer.retry_after
 
     @property
     def status(self) -> str:
         """The job's status when it was claimed (``running`` when held)."""
-        return self.claim_.status
+        return self.answer.status
 
     def report(self, done: int | None = None, total: int | None = None) -> str:
         """Renew the lease and record progress: ``ok``, ``cancel`` (stop and finish
