@@ -484,7 +484,7 @@ def summary_figure(
     cell's min..max band (blue; the highlighted one orange); with ``on_count`` a row of the
     greatest number of selected cells on at one step of each bin (the zoomed-out word row;
     min and mean in the hover); then one heatmap row per binned track row
-    (:func:`summary_track_rows`, :func:`binned_track_rows`)."""
+    (:func:`summary_track_rows`)."""
     edges = np.asarray(bin_starts, dtype=np.float64)
     centers = (edges[:-1] + edges[1:] - 1) / 2
     col_of = {c: i for i, c in enumerate(cells)}
