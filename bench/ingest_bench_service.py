@@ -10,7 +10,8 @@ Runs, each on a fresh stack (redis-server, uvicorn, ``celery worker --concurrenc
 * ``npy-upload``: the same ``.npy`` sent as a multipart upload (1 worker), which adds the
   streamed upload (reported separately as upload MB/s up to the 202).
 
-Steps/s and MB/s (input bytes) are measured from the POST to the job's ``succeeded``; peak RSS
+All HTTP goes through :class:`hiddenscope_client.HiddenScopeClient`. Steps/s and MB/s (input
+bytes) are measured from the POST to the job's ``succeeded``; peak RSS
 of the API process and of the worker processes (main + pool children) is sampled with psutil
 every 0.2 s. The states are LSTM-like (as in ``bench.ingest_bench``), written once per format.
 Each published dataset is deleted after its run (a dataset of 1e7 x 64 float32 is ~7 GB).
@@ -33,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import httpx
 import numpy as np
 import psutil
+from hiddenscope_client import HiddenScopeClient, UploadFile
 from hiddenscope_service.processes import ManagedProcess
 from hiddenscope_service.testing import RedisServer, start_celery_worker, start_uvicorn
 
@@ -109,13 +110,6 @@ class RssSampler:
             self._thread.join()
 
 
-def wait_done(client: httpx.Client, location: str) -> dict[str, Any]:
-    while True:
-        body: dict[str, Any] = client.get(location, params={"wait": 30}).json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-
-
 def manifest(name: str, file: str, key: str | None, dtype: str) -> dict[str, Any]:
     src: dict[str, Any] = {"file": file}
     if key:
@@ -159,31 +153,27 @@ def run(
     try:
         with (
             RssSampler({"api": api, "worker": worker}) as rss,
-            httpx.Client(base_url=api.url, timeout=3600) as client,
+            HiddenScopeClient(api.url, timeout=3600) as client,
         ):
             t0 = time.perf_counter()
-            locations: list[str] = []
+            job_ids: list[str] = []
             upload_s = None
             for j in range(jobs):
                 m = manifest(f"bench-{label}-{workers}-{j}", file.name, key, dtype)
                 if upload:
                     with open(file, "rb") as f:
-                        r = client.post(
-                            "/v1/datasets",
-                            data={"manifest": json.dumps(m)},
-                            files=[("files", (file.name, f))],
+                        job = client.upload_dataset(
+                            json.dumps(m), [UploadFile(file.name, size, f)], timeout=3600
                         )
                     upload_s = time.perf_counter() - t0
                 else:
-                    r = client.post("/v1/datasets", json={"manifest": m, "path": str(inputs)})
-                assert r.status_code == 202, r.text
-                locations.append(r.headers["location"])
-            bodies = [wait_done(client, loc) for loc in locations]
+                    job = client.ingest_path(m, str(inputs))
+                job_ids.append(job.id)
+            done = [client.wait_job(job_id, timeout=24 * 3600) for job_id in job_ids]
             wall = time.perf_counter() - t0
-            for b in bodies:
-                assert b["status"] == "succeeded", b
-            for b in bodies:
-                client.delete(b["result"]["dataset"]["location"])
+            for job in done:
+                assert job.result is not None
+                client.delete_dataset(job.result["dataset"]["id"])
     finally:
         api.stop()
         worker.stop()

@@ -6,11 +6,13 @@ helpers, :mod:`hiddenscope_service.testing`) serve datasets built with
 later runs). Every latency is the median of ``--repeats`` runs and is printed beside the
 in-process core call it wraps, as a ratio (the service's overhead):
 
+All HTTP goes through :class:`hiddenscope_client.HiddenScopeClient` (what users and the UI call).
+
 * match: ``POST /v1/datasets/{ds}/matches?wait=60`` → 200 with the result, with 1 and 2 worker
   processes (shards of ``--shard-steps``), against ``hiddenscope_core.match.match()`` in-process
   (its default threads, and one thread); the answers are compared and must be identical;
-* window: ``GET .../layers/cell/states`` 500 steps x 1024 cells, JSON and Arrow IPC, against
-  ``Dataset.window``;
+* window: ``GET .../layers/cell/states`` 500 steps x 1024 cells, JSON and Arrow IPC, each read
+  into a float32 array, against ``Dataset.window``;
 * search: ``GET .../search?q=`` (2- and 3-token phrases) over ``--search-steps`` tokens, against a
   vectorised numpy full scan; the first call (which builds the cached index) is reported apart.
 
@@ -33,6 +35,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from hiddenscope_client import HiddenScopeClient, MatchJob, MatchRequest, SearchResult
 from hiddenscope_core.errors import NotFound
 from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery, SelectQuery
@@ -169,7 +172,9 @@ class Stack:
         self.redis.stop()
 
 
-def bench_match(stack: Stack, client: httpx.Client, ds: Dataset, repeats: int) -> dict[str, Any]:
+def bench_match(
+    stack: Stack, client: HiddenScopeClient, ds: Dataset, repeats: int
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     cells = find_selection(ds, 10, seed=1)
     queries = {"s1_grid_0.3": 0.3, "s1_offgrid_0.35": 0.35}
@@ -177,13 +182,11 @@ def bench_match(stack: Stack, client: httpx.Client, ds: Dataset, repeats: int) -
         while len(stack.workers) < n_workers:
             stack.add_worker()
         for label, theta in queries.items():
-            body = {"layer": "cell", "cells": cells, "threshold": theta, "top_k": 50}
+            request = MatchRequest(layer="cell", cells=tuple(cells), threshold=theta, top_k=50)
 
-            def post(body: dict[str, Any] = body) -> dict[str, Any]:
-                r = client.post(f"/v1/datasets/{ds.name}/matches", json=body, params={"wait": 60})
-                assert r.status_code == 200, r.text
-                job: dict[str, Any] = r.json()
-                assert job["status"] == "succeeded", job
+            def post(request: MatchRequest = request) -> MatchJob:
+                job = client.start_match(ds.name, request, wait=60)
+                assert job.status == "succeeded", job
                 return job
 
             # the first query of fresh workers on a dataset out of the page cache
@@ -195,15 +198,16 @@ def bench_match(stack: Stack, client: httpx.Client, ds: Dataset, repeats: int) -
             q = MatchQuery(layer="cell", cells=cells, threshold=theta, top_k=50)
             core_t, ref = median_time(lambda q=q: match(ds, q), repeats)
             core1_t, _ = median_time(lambda q=q: match(ds, q, workers=1), repeats)
-            got = [[h[k] for k in HIT_FIELDS] for h in job["result"]["hits"]]
+            assert job.result is not None
+            got = [[getattr(h, k) for k in HIT_FIELDS] for h in job.result.hits]
             want = [[getattr(h, k) for k in HIT_FIELDS] for h in ref.hits]
             key = f"{label}_{n_workers}w"
             out[key] = {
                 "cells": cells,
-                "shards": job["progress"]["total"],
+                "shards": job.progress.total,
                 "http_s": t,
                 "cold_first_s": cold,
-                "job_running_s": job["timings"]["running_seconds"],
+                "job_running_s": job.timings.running_seconds,
                 "core_match_s": core_t,
                 "core_match_1thread_s": core1_t,
                 "overhead_ratio": t / core_t,
@@ -214,35 +218,34 @@ def bench_match(stack: Stack, client: httpx.Client, ds: Dataset, repeats: int) -
     return out
 
 
-def bench_window(client: httpx.Client, ds: Dataset, repeats: int) -> dict[str, Any]:
+def bench_window(client: HiddenScopeClient, ds: Dataset, repeats: int) -> dict[str, Any]:
     a = ds.n_steps // 3
-    params = {"start": a, "end": a + 500}
-    url = f"/v1/datasets/{ds.name}/layers/cell/states"
     core_t, ref = median_time(lambda: ds.window("cell", a, a + 500), repeats)
+    sizes: list[int] = []
 
-    def get_json() -> Any:
-        r = client.get(url, params=params)
-        assert r.status_code == 200, r.text
-        return r.json()
+    def count_bytes(response: httpx.Response) -> None:
+        sizes.append(int(response.headers.get("content-length", 0)))
 
-    def get_arrow() -> bytes:
-        r = client.get(
-            url, params=params, headers={"Accept": "application/vnd.apache.arrow.stream"}
+    client.http.event_hooks["response"].append(count_bytes)
+    try:
+        client.states(ds.name, "cell", a, a + 500)
+        json_t, w_json = median_time(lambda: client.states(ds.name, "cell", a, a + 500), repeats)
+        json_bytes = sizes[-1]
+        arrow_t, w_arrow = median_time(
+            lambda: client.states(ds.name, "cell", a, a + 500, arrow=True), repeats
         )
-        assert r.status_code == 200, r.text
-        return r.content
-
-    get_json()
-    json_t, body = median_time(get_json, repeats)
-    arrow_t, raw = median_time(get_arrow, repeats)
-    assert np.array_equal(np.array(body["values"], dtype=np.float32), ref)
+        arrow_bytes = sizes[-1]
+    finally:
+        client.http.event_hooks["response"].remove(count_bytes)
+    assert np.array_equal(w_json.values, ref)
+    assert np.array_equal(w_arrow.values, ref)
     out = {
         "steps": 500,
         "cells": ref.shape[1],
         "json_s": json_t,
-        "json_bytes": len(json.dumps(body)),
+        "json_bytes": json_bytes,
         "arrow_s": arrow_t,
-        "arrow_bytes": len(raw),
+        "arrow_bytes": arrow_bytes,
         "core_window_s": core_t,
         "json_ratio": json_t / core_t,
         "arrow_ratio": arrow_t / core_t,
@@ -251,7 +254,7 @@ def bench_window(client: httpx.Client, ds: Dataset, repeats: int) -> dict[str, A
     return out
 
 
-def bench_search(client: httpx.Client, ds: Dataset, repeats: int) -> dict[str, Any]:
+def bench_search(client: HiddenScopeClient, ds: Dataset, repeats: int) -> dict[str, Any]:
     tokens = ds.tokens(0, ds.n_steps)
     vocab = ds.vocab()
     out: dict[str, Any] = {"tokens": ds.n_steps}
@@ -260,25 +263,17 @@ def bench_search(client: httpx.Client, ds: Dataset, repeats: int) -> dict[str, A
     for label, ids in phrases.items():
         q = " ".join(vocab[i] for i in ids)
 
-        def get(q: str = q) -> dict[str, Any]:
-            r = client.get(f"/v1/datasets/{ds.name}/search", params={"q": q, "limit": 100})
-            assert r.status_code == 200, r.text
-            body: dict[str, Any] = r.json()
-            return body
+        def get(q: str = q) -> SearchResult:
+            return client.search(ds.name, q, limit=100)
 
         if first:
             # the first search of a dataset builds its index (a Celery task): the API answers
             # 503 + Retry-After until it is there (after waiting a little itself)
             t0 = time.perf_counter()
-            while True:
-                r = client.get(f"/v1/datasets/{ds.name}/search", params={"q": q, "limit": 1})
-                if r.status_code != 503:
-                    assert r.status_code == 200, r.text
-                    break
-                time.sleep(float(r.headers.get("Retry-After", "1")))
+            client.search(ds.name, q, limit=1, wait_seconds=3600)
             out["first_call_with_index_build_s"] = time.perf_counter() - t0
             first = False
-        t, body = median_time(get, repeats)
+        t, found = median_time(get, repeats)
 
         def scan(ids: list[int] = ids) -> np.ndarray:
             n = len(ids)
@@ -290,10 +285,10 @@ def bench_search(client: httpx.Client, ds: Dataset, repeats: int) -> dict[str, A
         scan_t, want = median_time(scan, max(1, repeats // 4))
         out[label] = {
             "http_s": t,
-            "total": body["total"],
+            "total": found.total,
             "numpy_scan_s": scan_t,
             "speedup_vs_scan": scan_t / t,
-            "identical": body["positions"] == want[:100].tolist() and body["total"] == len(want),
+            "identical": found.positions == want[:100].tolist() and found.total == len(want),
         }
         _log(f"search {label}: {json.dumps(out[label])}")
     return out
@@ -333,7 +328,7 @@ def main() -> int:
         stack = Stack(Path(tmp), root, args.shard_steps)
         try:
             stack.add_worker()
-            with httpx.Client(base_url=stack.api.url or "", timeout=300) as client:
+            with HiddenScopeClient(stack.api.url or "", timeout=300) as client:
                 results["match"] = bench_match(stack, client, ds, args.repeats)
                 results["window"] = bench_window(client, win, max(args.repeats, 20))
                 results["search"] = bench_search(client, search_ds, max(args.repeats, 20))

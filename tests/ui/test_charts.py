@@ -1,81 +1,61 @@
-"""The figures alone (no Streamlit, no HTTP): binned tracks, the mask, run-length bars."""
+"""The figures alone (no Streamlit, no HTTP): track summaries, the mask, run-length bars."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hiddenscope_client import TrackSummary, TrackWindow
 from hiddenscope_ui import charts
-
-
-def test_a_rare_label_stays_visible_when_binned() -> None:
-    """A binding site (label 1) on 1 step of a 20-step bin is 5 % of it, not outvoted."""
-    labels = [0] * 100
-    labels[7] = 1
-    labels[95] = -1  # no label
-    row = charts.binned_track_rows(
-        "site", "discrete", [0, 20, 40, 60, 80, 100], labels, ["no", "yes"]
-    )
-    assert row is not None
-    assert row.row_labels == ["site=no", "site=yes"]
-    assert row.z[1].tolist() == [0.05, 0, 0, 0, 0]
-    assert row.z[0].tolist() == [0.95, 1, 1, 1, 0.95]
-
-
-def test_scalar_tracks_bin_to_means_and_topk_has_no_binned_form() -> None:
-    row = charts.binned_track_rows("loss", "scalar", [10, 13, 15], values=[1, 2, None, 4, 6])
-    assert row is not None
-    assert row.z.tolist() == [[1.5, 5.0]]
-    assert charts.binned_track_rows("next", "topk", [0, 5]) is None
 
 
 def test_server_track_summaries_as_rows() -> None:
     """Every kind of the API's track summary (``GET …/tracks/{t}/summary``) becomes rows at bin
     resolution: label shares, bin means with min/max, and each bin's most frequent top-1."""
     edges = [0, 20, 40, 50]
+    bins = {"start": 0, "end": 50, "bins": 3, "bin_starts": edges}
     row = charts.summary_track_rows(
-        "site",
-        {
-            "kind": "discrete",
-            "bin_starts": edges,
-            "label_names": ["no", "yes", "maybe"],
-            "label_counts": [[19, 1, 0], [20, 0, 0], [0, 0, 0]],
-            "unlabelled": [0, 0, 10],
-        },
+        TrackSummary(
+            name="site",
+            kind="discrete",
+            **bins,
+            labels=["no", "yes", "maybe"],
+            label_counts=[[19, 1, 0], [20, 0, 0], [0, 0, 0]],
+            unlabelled=[0, 0, 10],
+        )
     )
     assert row is not None
     assert row.row_labels == ["site=no", "site=yes"]  # labels present only
     assert row.z.tolist() == [[0.95, 1.0, 0.0], [0.05, 0.0, 0.0]]
     row = charts.summary_track_rows(
-        "loss",
-        {
-            "kind": "scalar",
-            "bin_starts": edges,
-            "mins": [0.5, None, 1.0],
-            "maxs": [2.5, None, 1.0],
-            "means": [1.5, None, 1.0],
-            "counts": [20, 0, 10],
-        },
+        TrackSummary(
+            name="loss",
+            kind="scalar",
+            **bins,
+            mins=[0.5, None, 1.0],
+            maxs=[2.5, None, 1.0],
+            means=[1.5, None, 1.0],
+            counts=[20, 0, 10],
+        )
     )
     assert row is not None
     assert np.array_equal(row.z, [[1.5, np.nan, 1.0]], equal_nan=True)
     assert row.text == [["mean 1.5 (min 0.5, max 2.5)", "", "mean 1 (min 1, max 1)"]]
     row = charts.summary_track_rows(
-        "next",
-        {
-            "kind": "topk",
-            "bin_starts": edges,
-            "mode_ids": [4, 7, 4],
-            "mode_counts": [10, 20, 1],
-            "mode_texts": ["mat", "ran", "mat"],
-        },
+        TrackSummary(
+            name="next",
+            kind="topk",
+            **bins,
+            mode_ids=[4, 7, 4],
+            mode_counts=[10, 20, 1],
+            mode_texts=["mat", "ran", "mat"],
+        )
     )
     assert row is not None
     assert row.row_labels == ["next top-1"]
     assert row.z.tolist() == [[0.5, 1.0, 0.1]]
     assert row.text == [["mat (50% of the bin)", "ran (100% of the bin)", "mat (10% of the bin)"]]
-    ids_only = charts.summary_track_rows(
-        "next", {"kind": "topk", "bin_starts": [0, 5], "mode_ids": [3], "mode_counts": [5]}
-    )
+    no_vocab = TrackSummary("next", "topk", 0, 5, 1, [0, 5], mode_ids=[3], mode_counts=[5])
+    ids_only = charts.summary_track_rows(no_vocab)  # a dataset without a vocabulary
     assert ids_only is not None
     assert ids_only.text == [["#3 (100% of the bin)"]]
 
@@ -92,7 +72,7 @@ def test_summary_figure_draws_the_on_count_row_under_the_lines() -> None:
         threshold=0.3,
         brush=None,
         yrange=[-1, 1],
-        tracks=[charts.track_rows("loss", "scalar", 2, values=[1.0, 2.0])],
+        tracks=[charts.track_rows(TrackWindow("loss", "scalar", 0, 2, value=[1.0, 2.0]), 2)],
         on_count=charts.OnCountBins(mins=[0, 1], maxs=[2, 1], means=[0.5, 1.0], n_cells=2),
     )
     heat = [t for t in fig.data if t.type == "heatmap"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hiddenscope_client import BadRequest, HiddenScopeClient
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.reader import Catalog
 from hiddenscope_core.writer import DatasetWriter
@@ -26,7 +27,7 @@ from tests.ui.helpers import page_text as _text
 App = Callable[..., AppTest]
 
 T_LONG = 300_000
-"""More steps than the UI bins from per-step windows (``MAX_BINNED_TRACK_STEPS``)."""
+"""More steps than the UI ever reads per step."""
 BINS = 300
 PLANTED = (0, 1, 2)
 LABELS = ["exon", "intron", "intergenic"]
@@ -80,8 +81,8 @@ def test_past_the_per_step_limit_every_track_and_the_on_count_show(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the UI read a per-step window")
 
-    monkeypatch.setattr(api.HiddenScopeApi, "track", refuse)
-    monkeypatch.setattr(api.HiddenScopeApi, "_client_summary", refuse)
+    monkeypatch.setattr(HiddenScopeClient, "track", refuse)
+    monkeypatch.setattr(HiddenScopeClient, "states", refuse)
     at = app(
         "select", dataset="long", layer="l", pos="0", cw="0.001", range="1000,1003",
         tracks="region,loss,next",
@@ -138,13 +139,13 @@ def test_layer_summary_refused_keeps_tracks_and_on_count(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def over_the_cap(*args: object, **kwargs: object) -> None:
-        raise api.BadRequest(
+        raise BadRequest(
             "summary of 6000 steps x 24 cells = 144000 values is over the cap of 1000; ask for "
             "fewer steps or cells",
             status=422,
         )
 
-    monkeypatch.setattr(api.HiddenScopeApi, "summary", over_the_cap)
+    monkeypatch.setattr(HiddenScopeClient, "summary", over_the_cap)
     api.summary.clear()
     try:
         at = app("select", dataset="demo", pos="0", cw="0.2", range="20,23", tracks="pos,next")

@@ -1,6 +1,6 @@
 """Against the real stack: the upload form publishes a dataset, a failed match job shows its
-problem, top-K tracks show words (not ``#id``), long ranges use the server's summary endpoint,
-and a phrase search waits while the search index is being built."""
+problem, top-K tracks show words (not ``#id``), and long ranges use the server's summary
+endpoint."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import io
 import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from hiddenscope_client import HiddenScopeClient
 from hiddenscope_match.matches import JOB_KIND, JOB_PREFIX
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_ui import api
@@ -113,10 +113,11 @@ def _plot_texts(at: AppTest) -> str:
 
 
 def test_topk_track_shows_words(app: App, ui_stack: UiStack) -> None:
-    c = api.HiddenScopeApi(ui_stack.url)
-    tw = c.track("demo", "next", 20, 30)
-    assert len(tw["texts"]) == 10
-    assert all(t == [VOCAB[i] for i in ids] for t, ids in zip(tw["texts"], tw["ids"], strict=True))
+    tw = HiddenScopeClient(ui_stack.url).track("demo", "next", 20, 30)
+    assert tw.texts is not None
+    assert tw.ids is not None
+    assert len(tw.texts) == 10
+    assert all(t == [VOCAB[i] for i in ids] for t, ids in zip(tw.texts, tw.ids, strict=True))
     at = app("select", dataset="demo", pos="20", tracks="next")
     assert not at.exception
     assert not at.error, [e.value for e in at.error]
@@ -127,60 +128,13 @@ def test_topk_track_shows_words(app: App, ui_stack: UiStack) -> None:
     assert not any(str(w).startswith("#") for w in cells), sorted(cells)[:20]
 
 
-def test_topk_words_from_the_vocab_endpoint(
-    ui_stack: UiStack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An API that sends ids only: the UI looks them up with GET /vocab?ids=."""
-    c = api.HiddenScopeApi(ui_stack.url)
-    real = c.get_json
-    seen: list[str] = []
-
-    def without_texts(path: str, **params: Any) -> Any:
-        seen.append(path)
-        body = real(path, **params)
-        if "/tracks/" in path and isinstance(body, dict):
-            body.pop("texts", None)
-        return body
-
-    monkeypatch.setattr(c, "get_json", without_texts)
-    tw = c.track("demo", "next", 100, 140)
-    assert any(p.endswith("/vocab") for p in seen), seen
-    assert all(t == [VOCAB[i] for i in ids] for t, ids in zip(tw["texts"], tw["ids"], strict=True))
-
-
 def test_long_range_uses_the_server_summary(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the UI binned the states itself")
+        raise AssertionError("the UI read the states per step")
 
-    monkeypatch.setattr(api.HiddenScopeApi, "_client_summary", refuse)
+    monkeypatch.setattr(HiddenScopeClient, "states", refuse)
     api.summary.clear()
     at = app("select", dataset="demo", pos="0", cw="0.2")  # 6000 steps
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert "per-bin min..max" in "\n".join(str(c.value) for c in at.caption)
-
-
-def test_search_retries_while_the_index_builds(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(1)
-        if len(calls) < 3:
-            return httpx.Response(
-                503,
-                headers={"Retry-After": "0", "Content-Type": "application/problem+json"},
-                json={"title": "Service Unavailable", "status": 503, "detail": "being built"},
-            )
-        return httpx.Response(200, json={"query": ["a", "b"], "positions": [4, 9], "total": 2})
-
-    c = api.HiddenScopeApi("http://api.test")
-    c.http = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(handler))
-    assert c.search("demo", "a b") == [{"start": 4, "end": 6}, {"start": 9, "end": 11}]
-    assert len(calls) == 3
-    # no Retry-After: a 503 is reported at once
-    c.http = httpx.Client(
-        base_url="http://api.test",
-        transport=httpx.MockTransport(lambda r: httpx.Response(503, json={"detail": "down"})),
-    )
-    with pytest.raises(api.ApiUnavailable, match="down"):
-        c.search("demo", "a b")

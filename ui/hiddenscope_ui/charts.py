@@ -1,18 +1,19 @@
 """Plotly figures of the select and match views (WebGL line traces; heatmaps for word rows).
 
-Pure functions of numpy arrays and lists: no HTTP, no Streamlit, so they are testable alone.
+Pure functions of numpy arrays, lists and the client's response values: no HTTP, no Streamlit,
+so they are testable alone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import plotly.graph_objects as go
+from hiddenscope_client import TrackSummary, TrackWindow
 from plotly.subplots import make_subplots
 
 ON_BLUE = "#1399e4"
@@ -75,34 +76,31 @@ class TrackRows:
     zmax: float
 
 
-def track_rows(
-    name: str,
-    kind: str,
-    n: int,
-    labels: Sequence[int] | None = None,
-    label_names: Sequence[str] | None = None,
-    values: Sequence[float | None] | None = None,
-    texts: Sequence[Sequence[str]] | None = None,
-    ids: Sequence[Sequence[int]] | None = None,
-    scores: Sequence[Sequence[float]] | None = None,
-) -> TrackRows:
-    """Turn a track window (see :class:`hiddenscope_ui.api.TrackWindow`) into rows.
+def track_rows(tw: TrackWindow, n: int) -> TrackRows:
+    """A track window of ``n`` steps as rows (steps past the window's end are empty).
 
-    discrete: one row, z = label % 20 (NaN for -1), text = label name. topk: K rows (best first),
-    z = score, text = predicted token. scalar: one row, z = value.
+    discrete: one row, z = label % 20 (NaN for -1), text = the label's name in ``labels``.
+    topk: K rows (best first), z = score, text = predicted token (``#id`` without a
+    vocabulary). scalar: one row, z = value.
     """
+    name, kind = tw.name, tw.kind
     if kind == "discrete":
-        lab = np.asarray(list(labels or []) + [-1] * (n - len(labels or [])), dtype=np.float64)[:n]
+        label = tw.label or []
+        lab = np.asarray(list(label) + [-1] * (n - len(label)), dtype=np.float64)[:n]
         z = np.where(lab < 0, np.nan, lab % len(CATEGORICAL))
-        names = list(label_names or [])
+        names = tw.labels or []
         text = [
             names[int(v)] if 0 <= v < len(names) else ("" if v < 0 else str(int(v))) for v in lab
         ]
         return TrackRows(name, kind, z[None, :], [text], [name], 0, len(CATEGORICAL) - 1)
     if kind == "topk":
-        raw = np.asarray(scores if scores is not None else [], dtype=np.float64)
+        raw = np.asarray(
+            [[np.nan if x is None else x for x in row] for row in tw.scores or []],
+            dtype=np.float64,
+        )
         sc = raw.T if raw.ndim == 2 and raw.shape[0] == n else np.full((1, n), np.nan)
         k = sc.shape[0]
+        texts, ids = tw.texts, tw.ids
         if texts is not None and len(texts) == n:
             words = [[str(texts[t][r]) for t in range(n)] for r in range(k)]
         elif ids is not None and len(ids) == n:
@@ -116,7 +114,8 @@ def track_rows(
             name, kind, sc, words, [f"{name} #{r + 1}" for r in range(k)], lo, hi or 1.0
         )
     vals = np.asarray(
-        [np.nan if v is None else float(v) for v in (values or [])] + [np.nan] * n, dtype=np.float64
+        [np.nan if v is None else float(v) for v in (tw.value or [])] + [np.nan] * n,
+        dtype=np.float64,
     )[:n]
     finite = vals[np.isfinite(vals)]
     lo = float(finite.min()) if finite.size else 0.0
@@ -125,70 +124,22 @@ def track_rows(
     return TrackRows(name, kind, vals[None, :], [text], [name], lo, hi if hi > lo else lo + 1)
 
 
-def binned_track_rows(
-    name: str,
-    kind: str,
-    edges: Sequence[int],
-    labels: Sequence[int] | None = None,
-    label_names: Sequence[str] | None = None,
-    values: Sequence[float | None] | None = None,
-) -> TrackRows | None:
-    """A track over a long range at bin resolution (``edges``: ``bins + 1`` steps relative to
-    the first). discrete: one row per label present, z = the fraction of the bin's steps with
-    that label (so a rare label, e.g. a binding site, stays visible); scalar: one row, z = the
-    bin's mean. ``None`` for kinds without a binned form (top-K)."""
-    e = np.asarray(edges, dtype=np.int64) - int(edges[0])
-    n_bins = len(e) - 1
-    width = np.maximum(np.diff(e), 1).astype(np.float64)
-    if kind == "discrete":
-        lab = np.asarray(list(labels or []), dtype=np.int64)[: e[-1]]
-        names = list(label_names or [])
-        present = [int(v) for v in np.unique(lab[lab >= 0])]
-        if not present:
-            return None
-        bin_of = np.searchsorted(e, np.arange(lab.size), side="right") - 1
-        z = np.zeros((len(present), n_bins))
-        for r, v in enumerate(present):
-            z[r] = np.bincount(bin_of[lab == v], minlength=n_bins)[:n_bins] / width
-        rows = [f"{name}={names[v] if v < len(names) else v}" for v in present]
-        text = [[f"{f:.0%}" for f in row] for row in z]
-        return TrackRows(name, "discrete-binned", z, text, rows, 0.0, 1.0)
-    if kind == "scalar":
-        vals = np.asarray(
-            [np.nan if v is None else float(v) for v in (values or [])], dtype=np.float64
-        )[: e[-1]]
-        ok = np.isfinite(vals)
-        bin_of = np.searchsorted(e, np.arange(vals.size), side="right") - 1
-        sums = np.bincount(bin_of[ok], weights=vals[ok], minlength=n_bins)[:n_bins]
-        counts = np.bincount(bin_of[ok], minlength=n_bins)[:n_bins]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        finite = mean[np.isfinite(mean)]
-        lo = float(finite.min()) if finite.size else 0.0
-        hi = float(finite.max()) if finite.size else 1.0
-        means = ["" if not math.isfinite(v) else f"mean {v:.3g}" for v in mean]
-        return TrackRows(name, kind, mean[None, :], [means], [name], lo, hi if hi > lo else lo + 1)
-    return None
-
-
-def summary_track_rows(
-    name: str, summ: Mapping[str, Any], label_names: Sequence[str] | None = None
-) -> TrackRows | None:
-    """A track summary from the server (:class:`hiddenscope_ui.api.TrackSummary`, one entry per
-    bin of ``summ["bin_starts"]``) as rows at bin resolution. discrete: one row per label
-    present, z = the share of the bin's steps with that label (as :func:`binned_track_rows`);
-    scalar: one row, z = the bin's mean, its min and max in the text; topk: one row
-    ``<name> top-1``, text = the bin's most frequent top-1 token, z = the share of the bin's
-    steps that have it as top-1. ``None`` when there is nothing to draw."""
-    edges = np.asarray(summ.get("bin_starts") or [], dtype=np.int64)
+def summary_track_rows(summ: TrackSummary) -> TrackRows | None:
+    """A track summary from the server (one entry per bin of ``summ.bin_starts``) as rows at
+    bin resolution. discrete: one row per label present, z = the share of the bin's steps
+    with that label (so a rare label, e.g. a binding site, stays visible); scalar: one row,
+    z = the bin's mean, its min and max in the text; topk: one row ``<name> top-1``, text =
+    the bin's most frequent top-1 token (``#id`` without a vocabulary), z = the share of the
+    bin's steps that have it as top-1. ``None`` when there is nothing to draw."""
+    name = summ.name
+    edges = np.asarray(summ.bin_starts, dtype=np.int64)
     n_bins = max(0, edges.size - 1)
     if n_bins == 0:
         return None
     width = np.maximum(np.diff(edges), 1).astype(np.float64)
-    kind = summ.get("kind")
-    if kind == "discrete":
-        counts = np.asarray(summ.get("label_counts") or [], dtype=np.float64).reshape(n_bins, -1)
-        names = list(summ.get("label_names") or label_names or [])
+    if summ.kind == "discrete":
+        counts = np.asarray(summ.label_counts or [], dtype=np.float64).reshape(n_bins, -1)
+        names = summ.labels or []
         present = [int(v) for v in np.flatnonzero(counts.sum(axis=0) > 0)]
         if not present:
             return None
@@ -196,13 +147,13 @@ def summary_track_rows(
         rows = [f"{name}={names[v] if v < len(names) else v}" for v in present]
         text = [[f"{f:.0%}" for f in row] for row in z]
         return TrackRows(name, "discrete-binned", z, text, rows, 0.0, 1.0)
-    if kind == "scalar":
+    if summ.kind == "scalar":
 
-        def col(key: str) -> npt.NDArray[np.float64]:
-            raw = [np.nan if v is None else float(v) for v in list(summ.get(key) or [])]
+        def col(xs: Sequence[float | None] | None) -> npt.NDArray[np.float64]:
+            raw = [np.nan if v is None else float(v) for v in xs or []]
             return np.asarray(raw + [np.nan] * n_bins, dtype=np.float64)[:n_bins]
 
-        mean, lo_v, hi_v = col("means"), col("mins"), col("maxs")
+        mean, lo_v, hi_v = col(summ.means), col(summ.mins), col(summ.maxs)
         finite = mean[np.isfinite(mean)]
         lo = float(finite.min()) if finite.size else 0.0
         hi = float(finite.max()) if finite.size else 1.0
@@ -213,12 +164,12 @@ def summary_track_rows(
         return TrackRows(
             name, "scalar", mean[None, :], [stats], [name], lo, hi if hi > lo else lo + 1
         )
-    if kind == "topk":
-        ids = list(summ.get("mode_ids") or [])
+    if summ.kind == "topk":
+        ids = summ.mode_ids or []
         if len(ids) != n_bins:
             return None
-        words = list(summ.get("mode_texts") or [f"#{i}" for i in ids])
-        share = np.asarray(summ.get("mode_counts") or [0] * n_bins, dtype=np.float64) / width
+        words = summ.mode_texts or [f"#{i}" for i in ids]
+        share = np.asarray(summ.mode_counts or [0] * n_bins, dtype=np.float64) / width
         tops = [f"{w} ({f:.0%} of the bin)" for w, f in zip(words, share, strict=True)]
         return TrackRows(name, "topk-binned", share[None, :], [tops], [f"{name} top-1"], 0.0, 1.0)
     return None
@@ -226,7 +177,7 @@ def summary_track_rows(
 
 @dataclass(frozen=True)
 class OnCountBins:
-    """The on-count of the selected cells per bin (:class:`hiddenscope_ui.api.OnCountSummary`)."""
+    """The on-count of the selected cells per bin (from the API's on-count summary)."""
 
     mins: Sequence[int]
     maxs: Sequence[int]
@@ -533,7 +484,7 @@ def summary_figure(
     cell's min..max band (blue; the highlighted one orange); with ``on_count`` a row of the
     greatest number of selected cells on at one step of each bin (the zoomed-out word row;
     min and mean in the hover); then one heatmap row per binned track row
-    (:func:`summary_track_rows`, :func:`binned_track_rows`)."""
+    (:func:`summary_track_rows`)."""
     edges = np.asarray(bin_starts, dtype=np.float64)
     centers = (edges[:-1] + edges[1:] - 1) / 2
     col_of = {c: i for i, c in enumerate(cells)}

@@ -9,6 +9,16 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import streamlit as st
+from hiddenscope_client import (
+    ApiError,
+    ApiUnavailable,
+    BadRequest,
+    DatasetInfo,
+    JobFailed,
+    LayerInfo,
+    NotFound,
+    TrackInfo,
+)
 
 from hiddenscope_ui import api
 from hiddenscope_ui.state import ParsedState, ViewState, parse_query_params, to_query_params
@@ -141,10 +151,10 @@ def _dataset_gone() -> bool:
         return False
     api.dataset.clear()
     try:
-        api.client().dataset(view.dataset)
-    except api.NotFound:
+        api.client().info(view.dataset)
+    except NotFound:
         return True
-    except api.ApiError:
+    except ApiError:
         return False
     return False
 
@@ -163,20 +173,20 @@ def show_dataset_gone(view: ViewState) -> None:
         st.page_link(PAGES["datasets"], label="Go to the datasets", icon="🗂️")
 
 
-def show_api_error(exc: api.ApiError, *, where: str = "") -> None:
+def show_api_error(exc: ApiError, *, where: str = "") -> None:
     """A clear message and a way on (retry, the datasets page) instead of a traceback. A 404
     because the open dataset was deleted meanwhile says that."""
-    if isinstance(exc, api.NotFound) and _dataset_gone():
+    if isinstance(exc, NotFound) and _dataset_gone():
         show_dataset_gone(st.session_state["view"])
         return
     prefix = f"{where}: " if where else ""
-    if isinstance(exc, api.ApiUnavailable):
+    if isinstance(exc, ApiUnavailable):
         st.error(f"{prefix}The HiddenScope API is not reachable.\n\n{exc.message}", icon="🔌")
-    elif isinstance(exc, api.NotFound):
+    elif isinstance(exc, NotFound):
         st.error(f"{prefix}Not found: {exc.message}", icon="🔎")
-    elif isinstance(exc, api.JobFailed):
+    elif isinstance(exc, JobFailed):
         st.error(f"{prefix}The job failed: {exc.message}", icon="⚠️")
-    elif isinstance(exc, api.BadRequest):
+    elif isinstance(exc, BadRequest):
         st.error(f"{prefix}The API refused the request: {exc.message}", icon="⚠️")
     else:
         st.error(f"{prefix}{exc.message}", icon="⚠️")
@@ -190,10 +200,10 @@ def show_api_error(exc: api.ApiError, *, where: str = "") -> None:
 
 @contextmanager
 def api_errors(where: str = "") -> Iterator[None]:
-    """``with api_errors(): ...`` shows any :class:`api.ApiError` and stops the page."""
+    """``with api_errors(): ...`` shows any :class:`ApiError` and stops the page."""
     try:
         yield
-    except api.ApiError as exc:
+    except ApiError as exc:
         show_api_error(exc, where=where)
         st.stop()
 
@@ -203,17 +213,17 @@ def call(fn: Callable[..., T], *args: Any, where: str = "", **kwargs: Any) -> T:
         return fn(*args, **kwargs)
 
 
-def open_dataset(view: ViewState) -> dict[str, Any] | None:
-    """The current dataset's manifest, or a message and ``None``: none chosen, or it was
+def open_dataset(view: ViewState) -> DatasetInfo | None:
+    """The current dataset's description, or a message and ``None``: none chosen, or it was
     deleted while open (then the view forgets it)."""
     if not view.dataset:
         return None
     try:
         return api.dataset(api.base_url(), view.dataset)
-    except api.NotFound:
+    except NotFound:
         show_dataset_gone(view)
         st.stop()
-    except api.ApiError as exc:
+    except ApiError as exc:
         show_api_error(exc, where="loading the dataset")
         st.stop()
     return None
@@ -224,16 +234,12 @@ def dataset_picker(view: ViewState, *, where: Any = None) -> ViewState:
     box = where if where is not None else st.sidebar
     try:
         items = api.list_datasets(api.base_url())
-    except api.ApiError as exc:
+    except ApiError as exc:
         with box:
             st.caption(f"datasets unavailable: {exc.message}")
         return view
-    names = [d["name"] for d in items]
-    if (
-        view.dataset
-        and view.dataset not in names
-        and not any(d.get("id") == view.dataset for d in items)
-    ):
+    names = [d.name for d in items]
+    if view.dataset and view.dataset not in names and not any(d.id == view.dataset for d in items):
         names = [view.dataset, *names]
     if not names:
         return view
@@ -246,9 +252,9 @@ def dataset_picker(view: ViewState, *, where: Any = None) -> ViewState:
     return view
 
 
-def layer_picker(view: ViewState, manifest: dict[str, Any], *, where: Any = None) -> ViewState:
+def layer_picker(view: ViewState, manifest: DatasetInfo, *, where: Any = None) -> ViewState:
     box = where if where is not None else st.sidebar
-    layers = [layer["name"] for layer in manifest.get("layers", [])]
+    layers = [layer.info.name for layer in manifest.layers]
     if not layers:
         box.warning("this dataset has no layers")
         return view
@@ -260,10 +266,8 @@ def layer_picker(view: ViewState, manifest: dict[str, Any], *, where: Any = None
             view = replace(view, layer=layers[0])
         set_view(view, history=False)
     labels = {
-        layer[
-            "name"
-        ]: f"{layer['name']} ({layer['n_cells']} cells, {layer.get('transform', 'none')})"
-        for layer in manifest["layers"]
+        x.info.name: f"{x.info.name} ({x.info.n_cells} cells, {x.info.transform})"
+        for x in manifest.layers
     }
     key = bound("pick-layer", view.layer)
     chosen = box.selectbox("Layer", layers, key=key, format_func=lambda n: labels.get(n, n))
@@ -271,13 +275,13 @@ def layer_picker(view: ViewState, manifest: dict[str, Any], *, where: Any = None
         accept("pick-layer", chosen)
         view = view.with_layer(chosen)
         set_view(view)
-    return _check_cells(view, layer_info(manifest, view.layer))
+    return _check_cells(view, manifest.layer(view.layer))
 
 
-def _check_cells(view: ViewState, layer: dict[str, Any]) -> ViewState:
+def _check_cells(view: ViewState, layer: LayerInfo | None) -> ViewState:
     """Cell ids (and the highlighted cell) of a link that the layer does not have are
     reported and dropped."""
-    n_cells = int(layer.get("n_cells", 0))
+    n_cells = layer.n_cells if layer is not None else 0
     bad = [c for c in view.cells if c >= n_cells]
     hl = view.hl if view.hl is None or view.hl < n_cells else None
     if not bad and hl == view.hl:
@@ -292,12 +296,5 @@ def _check_cells(view: ViewState, layer: dict[str, Any]) -> ViewState:
     return view
 
 
-def layer_info(manifest: dict[str, Any], name: str | None) -> dict[str, Any]:
-    for layer in manifest.get("layers", []):
-        if layer["name"] == name:
-            return dict(layer)
-    return {}
-
-
-def track_infos(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {t["name"]: dict(t) for t in manifest.get("tracks", [])}
+def track_infos(manifest: DatasetInfo) -> dict[str, TrackInfo]:
+    return {t.name: t for t in manifest.tracks}

@@ -22,10 +22,6 @@ class UiSettings(BaseSettings):
         ge=0,
         description="how long a phrase search retries while the dataset's search index builds",
     )
-    max_client_summary_steps: int = Field(
-        default=200_000,
-        description="without a server summary endpoint, bin at most this many steps in the UI",
-    )
 
 
 @lru_cache(maxsize=1)

@@ -4,9 +4,9 @@ the ingest jobs this session started or follows."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import streamlit as st
+from hiddenscope_client import ApiError, IngestJob, NotFound, UploadFile, job_failure
 from hiddenscope_ui import api
 from hiddenscope_ui.common import PAGES, current_view, set_view, show_api_error, show_url_problems
 from hiddenscope_ui.settings import get_settings
@@ -32,7 +32,7 @@ def _catalog() -> None:
     url = api.base_url()
     try:
         items = api.list_datasets(url)
-    except api.ApiError as exc:
+    except ApiError as exc:
         show_api_error(exc, where="listing datasets")
         return
     if not items:
@@ -40,25 +40,22 @@ def _catalog() -> None:
         return
     rows = []
     for d in items:
-        layers = ", ".join(
-            f"{x['name']} ({x['n_cells']}, {x.get('transform', 'none')})"
-            for x in d.get("layers", [])
-        )
-        tracks = ", ".join(f"{t['name']} ({t['kind']})" for t in d.get("tracks", []))
+        layers = ", ".join(f"{x.name} ({x.n_cells}, {x.transform})" for x in d.layers)
+        tracks = ", ".join(f"{t.name} ({t.kind})" for t in d.tracks)
         rows.append(
             {
-                "name": d["name"],
-                "steps": int(d.get("n_steps", 0)),
-                "sequences": int(d.get("n_sequences", 1)),
+                "name": d.name,
+                "steps": d.n_steps,
+                "sequences": d.n_sequences,
                 "layers": layers,
                 "tracks": tracks or "—",
-                "size": _size(sum(int(v) for v in (d.get("sizes") or {}).values())),
-                "created": str(d.get("created_at", ""))[:19].replace("T", " "),
-                "id": d.get("id", ""),
+                "size": _size(sum(d.sizes.values())),
+                "created": d.created_at[:19].replace("T", " "),
+                "id": d.id,
             }
         )
     st.dataframe(rows, hide_index=True, width="stretch")
-    names = [d["name"] for d in items]
+    names = [d.name for d in items]
     c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
     chosen = c1.selectbox("Dataset", names, key="catalog-pick")
     if c2.button("Open in select view", type="primary"):
@@ -75,7 +72,7 @@ def _catalog() -> None:
             st.session_state.pop("confirm-delete", None)
             try:
                 api.client().delete_dataset(victim)
-            except api.ApiError as exc:
+            except ApiError as exc:
                 show_api_error(exc, where=f"deleting {victim}")
                 return
             api.list_datasets.clear()
@@ -115,15 +112,15 @@ def _upload() -> None:
             try:
                 job = api.client().upload_dataset(
                     manifest,
-                    [api.UploadFile(f.name, f.size, f) for f in (files or [])],
+                    [UploadFile(f.name, f.size, f) for f in (files or [])],
                     on_progress=progress,
                 )
-            except api.ApiError as exc:
+            except ApiError as exc:
                 bar.empty()
                 show_api_error(exc, where="upload refused")
                 return
             bar.progress(1.0, text="uploaded; converting…")
-            _follow(str(job["id"]))
+            _follow(job.id)
             st.rerun()
 
 
@@ -148,20 +145,16 @@ def _jobs() -> None:
     for jid in jobs[:20]:
         try:
             job = api.client().job(jid)
-        except api.NotFound:
+        except NotFound:
             st.caption(f"job `{jid}`: unknown (expired or mistyped)")
             continue
-        except api.ApiError as exc:
+        except ApiError as exc:
             st.caption(f"job `{jid}`: {exc.message}")
             continue
-        status = job.get("status", "?")
-        prog = job.get("progress") or {}
-        done, total = int(prog.get("done", 0)), int(prog.get("total", 0))
+        status = job.status
+        done, total = job.progress.done, job.progress.total
         box = st.container(border=True)
-        box.markdown(
-            f"**{job.get('kind', 'job')}** `{jid}` — **{status}**"
-            f"  ·  attempts {job.get('attempts', 0)}"
-        )
+        box.markdown(f"**{job.kind}** `{jid}` — **{status}**  ·  attempts {job.attempts}")
         if status in ("queued", "running"):
             box.progress(done / total if total else 0.0, text=f"{done}/{total or '?'}")
         elif status == "succeeded":
@@ -169,23 +162,23 @@ def _jobs() -> None:
             if jid not in seen:
                 seen.add(jid)
                 newly_done = True
-            ds = (job.get("result") or {}).get("dataset") or {}
+            ds = (job.result or {}).get("dataset") or {}
             took = _took(job)
             box.success(
                 f"published **{ds.get('name', '?')}** ({int(ds.get('n_steps', 0)):,} steps){took}"
             )
         else:
-            box.error(api.job_error(job))
+            box.error(job_failure(job).message)
     if newly_done:
         api.list_datasets.clear()
         st.rerun(scope="app")
 
 
-def _took(job: dict[str, Any]) -> str:
+def _took(job: IngestJob) -> str:
     try:
-        a = datetime.fromisoformat(str(job["started_at"]))
-        b = datetime.fromisoformat(str(job["finished_at"]))
-    except (KeyError, TypeError, ValueError):
+        a = datetime.fromisoformat(str(job.started_at))
+        b = datetime.fromisoformat(str(job.finished_at))
+    except ValueError:
         return ""
     return f" in {(b - a).total_seconds():.1f} s"
 

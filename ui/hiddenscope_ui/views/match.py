@@ -13,6 +13,17 @@ from urllib.parse import urlencode
 import numpy as np
 import numpy.typing as npt
 import streamlit as st
+from hiddenscope_client import (
+    ApiError,
+    DatasetInfo,
+    Hit,
+    MatchJob,
+    MatchJobResult,
+    MatchRequest,
+    NotFound,
+    TrackInfo,
+    job_failure,
+)
 from hiddenscope_ui import api, charts
 from hiddenscope_ui.common import (
     PAGES,
@@ -36,20 +47,18 @@ MAX_MATRIX_ROWS = 50
 MAX_COLUMNS = 60
 
 
-def _query(view: ViewState) -> dict[str, Any]:
-    q: dict[str, Any] = {
-        "layer": view.layer,
-        "cells": list(view.cells),
-        "threshold": view.threshold,
-        "left_off": view.off[0],
-        "right_off": view.off[1],
-        "min_length": view.min_length,
-        "top_k": view.top_k,
-        "stats": view.stats,
-    }
-    if view.max_length is not None:
-        q["max_length"] = view.max_length
-    return q
+def _query(view: ViewState) -> MatchRequest:
+    return MatchRequest(
+        layer=str(view.layer),
+        cells=view.cells,
+        threshold=view.threshold,
+        left_off=view.off[0],
+        right_off=view.off[1],
+        min_length=view.min_length,
+        max_length=view.max_length,
+        top_k=view.top_k,
+        stats=view.stats,
+    )
 
 
 def _params(view: ViewState) -> ViewState:
@@ -100,27 +109,26 @@ def _params(view: ViewState) -> ViewState:
 def _start(view: ViewState, ds_id: str) -> None:
     try:
         job = api.client().start_match(ds_id, _query(view), wait=0.5)
-    except api.ApiError as exc:
+    except ApiError as exc:
         show_api_error(exc, where="starting the match")
         return
     st.session_state["match_jobs"] = {**st.session_state.get("match_jobs", {})}
-    key = str(job["id"])
-    st.session_state["match_jobs"][key] = job
-    set_view(replace(view, job=str(key)))
+    st.session_state["match_jobs"][job.id] = job
+    set_view(replace(view, job=job.id))
     st.rerun()
 
 
-def _job(view: ViewState) -> dict[str, Any] | None:
+def _job(view: ViewState) -> MatchJob | None:
     """The current match job (from the session, else fetched by the id in the URL)."""
     if not view.job:
         return None
-    jobs: dict[str, dict[str, Any]] = st.session_state.setdefault("match_jobs", {})
+    jobs: dict[str, MatchJob] = st.session_state.setdefault("match_jobs", {})
     job = jobs.get(view.job)
-    if job is not None and job.get("status") in api.TERMINAL:
+    if job is not None and job.terminal:
         return job
     try:
         job = api.client().match_job(view.job, page_size=1)
-    except api.NotFound:
+    except NotFound:
         st.warning(
             f"Match job `{view.job}` is unknown (finished jobs expire, or the link is stale). "
             "Run the match again."
@@ -136,28 +144,27 @@ def _monitor(job_id: str) -> None:
     """Polls the job (only this fragment reruns) and reruns the page when it ends."""
     try:
         job = api.client().match_job(job_id, page_size=1)
-    except api.ApiError as exc:
+    except ApiError as exc:
         st.warning(f"cannot read the job: {exc.message}")
         return
     st.session_state.setdefault("match_jobs", {})[job_id] = job
-    prog = job.get("progress") or {}
-    done, total = int(prog.get("done", 0)), int(prog.get("total", 0))
+    done, total = job.progress.done, job.progress.total
     frac = done / total if total else 0.0
-    st.progress(frac, text=f"match {job.get('status')}: {done}/{total or '?'} shards")
-    if job.get("status") in api.TERMINAL:
+    st.progress(frac, text=f"match {job.status}: {done}/{total or '?'} shards")
+    if job.terminal:
         st.rerun(scope="app")
     if st.button("Cancel", key="cancel-match"):
         try:
-            api.client().cancel_job(job)
-        except api.ApiError as exc:
+            api.client().cancel_job(job.id)
+        except ApiError as exc:
             st.warning(f"cancel failed: {exc.message}")
 
 
 def _rows(
-    hits: list[dict[str, Any]],
+    hits: list[Hit],
     right: int,
     tracks: list[str],
-    track_meta: dict[str, dict[str, Any]],
+    track_meta: dict[str, TrackInfo],
 ) -> dict[str, Any]:
     """Tokens, match counts and track values of each result row over offsets ``-LEFT .. right``
     (from each hit's ``context``: the server clips it to the hit's sequence)."""
@@ -170,43 +177,46 @@ def _rows(
     }
     thover: dict[str, list[list[str]]] = {t: [[""] * width for _ in hits] for t in tracks}
     for i, h in enumerate(hits):
-        ctx = h.get("context") or {}
-        s = int(h["start"])
-        c0 = int(ctx.get("start", s))
+        ctx = h.context
+        s = h.start
+        c0 = ctx.start if ctx is not None else s
 
         def col(j: int, c0: int = c0, s: int = s) -> int:
             return c0 + j - s + LEFT  # column of the j-th context step
 
         row = [""] * width
-        for j, tok in enumerate(ctx.get("tokens") or []):
+        for j, tok in enumerate((ctx.tokens if ctx else None) or []):
             if 0 <= col(j) < width:
-                row[col(j)] = str(tok)
+                row[col(j)] = tok
         texts.append(row)
-        for j, c in enumerate(ctx.get("counts") or []):
-            if 0 <= col(j) < width and c is not None:
+        for j, c in enumerate((ctx.counts if ctx else None) or []):
+            if 0 <= col(j) < width:
                 counts[i, col(j)] = c
         for t in tracks:
-            tw = (ctx.get("tracks") or {}).get(t) or {}
-            if track_meta[t]["kind"] == "discrete":
-                names = tw.get("labels") or track_meta[t].get("labels") or []
-                for j, lab in enumerate(tw.get("label") or []):
-                    if lab is not None and lab >= 0 and 0 <= col(j) < width:
+            tw = ((ctx.tracks if ctx else None) or {}).get(t)
+            if tw is None:
+                continue
+            if track_meta[t].kind == "discrete":
+                names = tw.labels or track_meta[t].labels or []
+                for j, lab in enumerate(tw.label or []):
+                    if lab >= 0 and 0 <= col(j) < width:
                         tz[t][i, col(j)] = lab % len(charts.CATEGORICAL)
                         thover[t][i][col(j)] = names[lab] if lab < len(names) else str(lab)
-            elif track_meta[t]["kind"] == "topk":  # the best prediction: its score and word
-                words = tw.get("texts") or []
-                ids = tw.get("ids") or []
-                for j, row in enumerate(tw.get("scores") or []):
-                    if not row or not 0 <= col(j) < width:
+            elif track_meta[t].kind == "topk":  # the best prediction: its score and word
+                words = tw.texts or []
+                ids = tw.ids or []
+                for j, scores in enumerate(tw.scores or []):
+                    if not scores or not 0 <= col(j) < width:
                         continue
-                    if row[0] is not None and math.isfinite(row[0]):
-                        tz[t][i, col(j)] = row[0]
+                    best = scores[0]
+                    if best is not None and math.isfinite(best):
+                        tz[t][i, col(j)] = best
                     word = words[j][0] if j < len(words) and words[j] else None
                     if word is None and j < len(ids) and ids[j]:
                         word = f"#{ids[j][0]}"
-                    thover[t][i][col(j)] = f"{word} ({row[0]:.3g})" if row[0] is not None else ""
+                    thover[t][i][col(j)] = f"{word} ({best:.3g})" if best is not None else ""
             else:
-                for j, v in enumerate(tw.get("value") or []):
+                for j, v in enumerate(tw.value or []):
                     if v is not None and math.isfinite(v) and 0 <= col(j) < width:
                         tz[t][i, col(j)] = v
                         thover[t][i][col(j)] = f"{v:.3g}"
@@ -221,10 +231,10 @@ def _select_link(view: ViewState, start: int) -> str:
 HEATMAP_KINDS = ("discrete", "scalar", "topk")
 
 
-def _heatmap_toggles(view: ViewState, manifest: dict[str, Any]) -> tuple[ViewState, list[str]]:
+def _heatmap_toggles(view: ViewState, manifest: DatasetInfo) -> tuple[ViewState, list[str]]:
     """Annotation heatmaps, each switched on and off with one click (the original's heatmap
     hide buttons). They share the URL's ``tracks`` with the select view's meta tracks."""
-    track_meta = {n: t for n, t in track_infos(manifest).items() if t["kind"] in HEATMAP_KINDS}
+    track_meta = {n: t for n, t in track_infos(manifest).items() if t.kind in HEATMAP_KINDS}
     if not track_meta:
         return view, []
     on = [t for t in view.tracks if t in track_meta]
@@ -233,7 +243,7 @@ def _heatmap_toggles(view: ViewState, manifest: dict[str, Any]) -> tuple[ViewSta
         list(track_meta),
         selection_mode="multi",
         key=bound("match-tracks", on),
-        format_func=lambda n: f"{n} ({track_meta[n]['kind']})",
+        format_func=lambda n: f"{n} ({track_meta[n].kind})",
     )
     chosen = [t for t in track_meta if t in (chosen or [])]
     if chosen != on:
@@ -244,14 +254,14 @@ def _heatmap_toggles(view: ViewState, manifest: dict[str, Any]) -> tuple[ViewSta
     return view, chosen
 
 
-def _stats(result: dict[str, Any], hits: list[dict[str, Any]]) -> None:
+def _stats(result: MatchJobResult | None, hits: list[Hit]) -> None:
     """Candidate count and run-length histograms (the original's fuzzy and strict ones, when
     the match ran with ``stats``), beside the lengths of the top results."""
-    stats = result.get("stats") or None
+    stats = result.stats if result is not None else None
     with st.expander("Run lengths" + (" and candidates" if stats else ""), expanded=bool(stats)):
         if stats:
-            n_cand = int(stats.get("n_candidates", 0))
-            strict = stats.get("strict_length_histogram") or []
+            n_cand = stats.n_candidates
+            strict = stats.strict_length_histogram
             st.markdown(
                 f"**{n_cand:,} candidates** (runs of at least one selected cell), "
                 f"**{int(sum(strict)):,}** of them with every selected cell on (S1 ⊆ S2)"
@@ -262,30 +272,28 @@ def _stats(result: dict[str, Any], hits: list[dict[str, Any]]) -> None:
                 "again for the count and lengths of all candidates."
             )
         fig = charts.length_figure(
-            [int(h["length"]) for h in hits],
-            (stats or {}).get("length_histogram"),
-            (stats or {}).get("strict_length_histogram"),
+            [h.length for h in hits],
+            stats.length_histogram if stats else None,
+            stats.strict_length_histogram if stats else None,
         )
         st.plotly_chart(fig, key="match-lengths", config={"displaylogo": False})
 
 
-def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> None:
-    result = job.get("result") or {}
-    n_hits = int(result.get("n_hits", len(result.get("hits", []))))
-    if not n_hits:
+def _results(view: ViewState, manifest: DatasetInfo, job: MatchJob) -> None:
+    result = job.result
+    if result is None or not result.n_hits:
         st.info(
             "No matches: no run of the selected cells reaches the minimum length. Lower the "
             "min length or the threshold, or select other cells."
         )
         _stats(result, [])
         return
-    note = (
-        "" if result.get("threshold_on_grid", True) else " (θ off the index grid, verified exactly)"
-    )
-    took = (job.get("timings") or {}).get("total_seconds")
-    took_txt = f" in {took:.2f} s" if isinstance(took, int | float) else ""
+    n_hits = result.n_hits
+    note = "" if result.threshold_on_grid else " (θ off the index grid, verified exactly)"
+    took = job.timings.total_seconds
+    took_txt = f" in {took:.2f} s" if took is not None else ""
     st.markdown(f"**{n_hits} results**{note} for {len(view.cells)} cells{took_txt}")
-    track_meta = {n: t for n, t in track_infos(manifest).items() if t["kind"] in HEATMAP_KINDS}
+    track_meta = {n: t for n, t in track_infos(manifest).items() if t.kind in HEATMAP_KINDS}
     view, chosen = _heatmap_toggles(view, manifest)
     c2, c3, c4 = st.columns([4, 1, 2], vertical_alignment="bottom")
     options = ["none", "count", *chosen]
@@ -315,12 +323,12 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
     right = c4.slider("columns after the start", 1, MAX_COLUMNS - LEFT, 15)
     try:
         page = api.match_page(
-            api.base_url(), str(job["id"]), min(n_hits, view.top_k), right, tuple(chosen), LEFT
+            api.base_url(), job.id, min(n_hits, view.top_k), right, tuple(chosen), LEFT
         )
-    except api.ApiError as exc:
+    except ApiError as exc:
         show_api_error(exc, where="reading the results")
         return
-    hits: list[dict[str, Any]] = list((page.get("result") or {}).get("hits", []))
+    hits = page.result.hits if page.result is not None else []
     shown = hits[:MAX_MATRIX_ROWS]
     data = _rows(shown, right, list(chosen), track_meta)
     n_sel = max(1, len(view.cells))
@@ -338,7 +346,7 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
     ]
     for t in chosen:
         z = data["tracks"][t]
-        if track_meta[t]["kind"] == "discrete":
+        if track_meta[t].kind == "discrete":
             panels.append(
                 (
                     t,
@@ -351,7 +359,7 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
         else:
             finite = z[np.isfinite(z)]
             rng = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            scale = charts.SCORE_SCALE if track_meta[t]["kind"] == "topk" else charts.SCALAR_SCALE
+            scale = charts.SCORE_SCALE if track_meta[t].kind == "topk" else charts.SCALAR_SCALE
             panels.append((t, z, scale, rng, data["hover"][t]))
     background = None
     bscale: Any = charts.COUNT_SCALE
@@ -359,11 +367,11 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
     for title, z, scale, rng, _hover in panels:
         if (mapped == "count" and title == "match count") or title == mapped:
             background, bscale, brange = z, scale, rng
-    labels = [f"#{i + 1} {int(h['start']):,}" for i, h in enumerate(shown)]
+    labels = [f"#{i + 1} {h.start:,}" for i, h in enumerate(shown)]
     fig = charts.matrix_figure(
         offsets=data["offsets"],
         texts=data["texts"],
-        lengths=[int(h["length"]) for h in shown],
+        lengths=[h.length for h in shown],
         row_labels=labels,
         background=background,
         background_scale=bscale,
@@ -377,17 +385,17 @@ def _results(view: ViewState, manifest: dict[str, Any], job: dict[str, Any]) -> 
     table = [
         {
             "rank": i + 1,
-            "open": _select_link(view, int(h["start"])),
-            "start": int(h["start"]),
-            "end": int(h["end"]),
-            "length": int(h["length"]),
-            "sequence": h.get("sequence_name") or h.get("sequence"),
-            "shared": h.get("intersection"),
-            "union": h.get("union"),
-            "jaccard": h.get("jaccard"),
-            "missing": h.get("missing"),
-            "extra": h.get("extra"),
-            "level": h.get("level"),
+            "open": _select_link(view, h.start),
+            "start": h.start,
+            "end": h.end,
+            "length": h.length,
+            "sequence": h.sequence_name or h.sequence,
+            "shared": h.intersection,
+            "union": h.union,
+            "jaccard": h.jaccard,
+            "missing": h.missing,
+            "extra": h.extra,
+            "level": h.level,
         }
         for i, h in enumerate(hits)
     ]
@@ -416,7 +424,7 @@ def render() -> None:
         return
     view = layer_picker(view, manifest)
     view = _params(view)
-    ds_id = str(manifest["id"])
+    ds_id = manifest.id
     if not view.cells:
         st.info(
             "No cells selected: brush a range in the select view first (or type cell ids there)."
@@ -431,15 +439,15 @@ def render() -> None:
     job = _job(view)
     if job is None:
         return
-    status = job.get("status")
-    if status not in api.TERMINAL:
+    status = job.status
+    if not job.terminal:
         _monitor(str(view.job))
         return
     if status == "cancelled":
         st.info("The match was cancelled. **Run match** starts it again.", icon="⏹️")
         return
     if status != "succeeded":
-        show_api_error(api.JobFailed(api.job_error(job)), where=f"match {status}")
+        show_api_error(job_failure(job), where=f"match {status}")
         return
     _results(view, manifest, job)
 

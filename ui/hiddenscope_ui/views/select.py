@@ -10,6 +10,16 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from hiddenscope_client import (
+    ApiError,
+    BadRequest,
+    DatasetInfo,
+    LayerInfo,
+    LayerSummary,
+    SelectQuery,
+    SelectResult,
+    TrackInfo,
+)
 from hiddenscope_ui import api, charts
 from hiddenscope_ui.common import (
     PAGES,
@@ -19,7 +29,6 @@ from hiddenscope_ui.common import (
     current_view,
     dataset_picker,
     go,
-    layer_info,
     layer_picker,
     open_dataset,
     set_view,
@@ -32,21 +41,18 @@ from hiddenscope_ui.state import LEFT_CONTEXT, MAX_CW, MIN_CW, SequenceRef, View
 SUMMARY_ABOVE = 400
 # Windows longer than this many steps show per-bin min/max summaries.
 SUMMARY_BINS = 300
-MAX_BINNED_TRACK_STEPS = 200_000
-# against an API without track summaries: the longest window whose meta tracks are read (per
-# step) and binned in the UI
 SHIFT = 5
 SELECT_MEMO = 8
 
 
-def _sequence_refs(manifest: dict[str, Any]) -> list[SequenceRef]:
+def _sequence_refs(manifest: DatasetInfo) -> list[SequenceRef]:
     try:
-        seqs = api.sequences(api.base_url(), manifest["id"])
-    except api.ApiError:
+        seqs = api.sequences(api.base_url(), manifest.id)
+    except ApiError:
         seqs = []
     if not seqs:
-        return [SequenceRef(0, "all", 0, int(manifest["n_steps"]))]
-    return [SequenceRef(s["index"], s["name"], s["start"], s["end"]) for s in seqs]
+        return [SequenceRef(0, "all", 0, manifest.n_steps)]
+    return [SequenceRef(s.index, s.name, s.start, s.end) for s in seqs]
 
 
 def _where(step: int, seqs: list[SequenceRef]) -> str:
@@ -116,27 +122,25 @@ def _search(view: ViewState, ds_id: str) -> None:
         if not q_run:
             return
         try:
-            hits = api.search(api.base_url(), ds_id, q_run, 20)
-        except api.ApiError as exc:
+            found = api.search(api.base_url(), ds_id, q_run, 20)
+        except ApiError as exc:
             st.warning(f"search failed: {exc.message}")
             return
-        if not hits:
+        if not found.positions:
             st.caption(f"no hits for “{q_run}”")
             return
-        st.caption(f"{len(hits)} hits for “{q_run}”")
-        for i, h in enumerate(hits):
-            start = int(h.get("start", h.get("index", h.get("pos", 0))))
-            end = int(h.get("end", start + max(1, len(q_run.split()))))
-            label = f"{start:,}: {str(h.get('text', ''))[:60]}"
-            if st.button(label, key=f"hit-{i}-{start}"):
+        st.caption(f"{len(found.positions)} hits for “{q_run}”")
+        for i, start in enumerate(found.positions):
+            end = start + max(1, len(found.query))
+            if st.button(f"{start:,}: ", key=f"hit-{i}-{start}"):
                 set_view(replace(view, pos=start, range=(start, end), cells=(), hl=None))
                 st.rerun()
 
 
-def _controls(view: ViewState, manifest: dict[str, Any], layer: dict[str, Any]) -> ViewState:
+def _controls(view: ViewState, manifest: DatasetInfo, layer: LayerInfo | None) -> ViewState:
     sb = st.sidebar
-    lo = layer.get("value_min")
-    hi = layer.get("value_max")
+    lo = layer.value_min if layer else None
+    hi = layer.value_max if layer else None
     help_range = (
         f"layer values span [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else None
     )
@@ -173,7 +177,7 @@ def _controls(view: ViewState, manifest: dict[str, Any], layer: dict[str, Any]) 
         accept("zr", int(zr))
         view = replace(view, off=(int(zl), int(zr)))
         set_view(view)
-    others = [x["name"] for x in manifest.get("layers", []) if x["name"] != view.layer]
+    others = [x.info.name for x in manifest.layers if x.info.name != view.layer]
     if others:
         compare = sb.selectbox(
             "Compare with layer",
@@ -196,7 +200,7 @@ def _controls(view: ViewState, manifest: dict[str, Any], layer: dict[str, Any]) 
         if st.button("Use these cells"):
             try:
                 cells = tuple(sorted({int(x) for x in text.replace(" ", "").split(",") if x}))
-                n_cells = int(layer.get("n_cells", 0))
+                n_cells = layer.n_cells if layer else 0
                 if any(c < 0 or c >= n_cells for c in cells):
                     raise ValueError(f"cell ids are 0 .. {n_cells - 1}")
             except ValueError as exc:
@@ -207,7 +211,7 @@ def _controls(view: ViewState, manifest: dict[str, Any], layer: dict[str, Any]) 
     return view
 
 
-def _track_toggles(view: ViewState, manifest: dict[str, Any]) -> ViewState:
+def _track_toggles(view: ViewState, manifest: DatasetInfo) -> ViewState:
     """Every meta track of the dataset as a toggle (any number on, in the order the dataset
     lists them), and the mask switch. Track names in the link that the dataset does not have
     are reported and dropped."""
@@ -228,7 +232,7 @@ def _track_toggles(view: ViewState, manifest: dict[str, Any]) -> ViewState:
         list(tracks),
         selection_mode="multi",
         key=bound("tracks", list(view.tracks)),
-        format_func=lambda n: f"{n} ({tracks[n]['kind']})",
+        format_func=lambda n: f"{n} ({tracks[n].kind})",
     )
     chosen = [t for t in tracks if t in (chosen or [])]
     if tuple(chosen) != view.tracks:
@@ -313,60 +317,44 @@ def _apply_box(view: ViewState, event: Any, ws: int, we: int) -> None:
 
 
 def _track_rows(
-    ds_id: str, view: ViewState, tracks_meta: dict[str, dict[str, Any]], ws: int, we: int
+    ds_id: str, view: ViewState, tracks_meta: dict[str, TrackInfo], ws: int, we: int
 ) -> list[charts.TrackRows]:
     rows: list[charts.TrackRows] = []
     for name in view.tracks:
-        info = tracks_meta.get(name)
-        if info is None:
+        if name not in tracks_meta:
             continue
         try:
             tw = api.track(api.base_url(), ds_id, name, ws, we)
-        except api.ApiError as exc:
+        except ApiError as exc:
             st.warning(f"track {name}: {exc.message}")
             continue
-        rows.append(
-            charts.track_rows(
-                name,
-                str(tw.get("kind") or info["kind"]),
-                we - ws,
-                labels=tw.get("labels"),
-                label_names=tw.get("label_names") or info.get("labels"),
-                values=tw.get("values"),
-                texts=tw.get("texts"),
-                ids=tw.get("ids"),
-                scores=tw.get("scores"),
-            )
-        )
+        rows.append(charts.track_rows(tw, we - ws))
     return rows
 
 
 def _summary_track_rows(
-    ds_id: str, view: ViewState, tracks_meta: dict[str, dict[str, Any]], ws: int, we: int
-) -> tuple[list[charts.TrackRows], list[int] | None, bool]:
+    ds_id: str, view: ViewState, tracks_meta: dict[str, TrackInfo], ws: int, we: int
+) -> tuple[list[charts.TrackRows], list[int] | None]:
     """The view's tracks of every kind per bin, from the server's track summaries (any range;
-    the same bins as the layer summary). Returns the rows, their bin edges (``None`` if no
-    summary was read) and whether the API lacks the endpoint (the caller then bins here)."""
+    the same bins as the layer summary). Returns the rows and their bin edges (``None`` if no
+    summary was read)."""
     rows: list[charts.TrackRows] = []
     edges: list[int] | None = None
     for name in [n for n in view.tracks if n in tracks_meta]:
-        info = tracks_meta[name]
         try:
             summ = api.track_summary(api.base_url(), ds_id, name, ws, we, SUMMARY_BINS)
-        except api.MissingEndpoint:
-            return [], None, True
-        except api.ApiError as exc:
+        except ApiError as exc:
             st.warning(f"track {name}: {exc.message}")
             continue
         if edges is None:
-            edges = list(summ["bin_starts"])
-        elif list(summ["bin_starts"]) != edges:
+            edges = list(summ.bin_starts)
+        elif summ.bin_starts != edges:
             st.warning(f"track {name}: the API answered with other bins; not shown")
             continue
-        row = charts.summary_track_rows(name, summ, info.get("labels"))
+        row = charts.summary_track_rows(summ)
         if row is not None:
             rows.append(row)
-    return rows, edges, False
+    return rows, edges
 
 
 def _on_count_bins(
@@ -379,53 +367,11 @@ def _on_count_bins(
         oc = api.on_count_summary(
             api.base_url(), ds_id, layer, tuple(cells), float(threshold), ws, we, SUMMARY_BINS
         )
-    except api.MissingEndpoint:
-        st.caption("This API has no on-count summary: zoom in to see the on-count row.")
-        return None, None
-    except api.ApiError as exc:
+    except ApiError as exc:
         st.warning(f"On-count of the selected cells not shown: {exc.message}")
         return None, None
-    bins = charts.OnCountBins(oc["mins"], oc["maxs"], oc["means"], len(oc["cells"]))
-    return bins, list(oc["bin_starts"])
-
-
-def _binned_track_rows(
-    ds_id: str, view: ViewState, tracks_meta: dict[str, dict[str, Any]], edges: list[int]
-) -> list[charts.TrackRows]:
-    """Against an API without track summaries: the view's discrete and scalar tracks binned
-    here from per-step windows (top-K tracks have no binned form then: they show when zoomed
-    in)."""
-    ws, we = edges[0], edges[-1]
-    wanted = [n for n in view.tracks if n in tracks_meta]
-    if not wanted:
-        return []
-    if we - ws > MAX_BINNED_TRACK_STEPS:
-        st.caption(
-            f"Meta tracks are drawn for windows up to {MAX_BINNED_TRACK_STEPS:,} steps; "
-            "zoom in (A+) to see them."
-        )
-        return []
-    rows: list[charts.TrackRows] = []
-    for name in wanted:
-        info = tracks_meta[name]
-        if info["kind"] not in ("discrete", "scalar"):
-            continue
-        try:
-            tw = api.track(api.base_url(), ds_id, name, ws, we)
-        except api.ApiError as exc:
-            st.warning(f"track {name}: {exc.message}")
-            continue
-        row = charts.binned_track_rows(
-            name,
-            str(tw.get("kind") or info["kind"]),
-            edges,
-            labels=tw.get("labels"),
-            label_names=tw.get("label_names") or info.get("labels"),
-            values=tw.get("values"),
-        )
-        if row is not None:
-            rows.append(row)
-    return rows
+    bins = charts.OnCountBins(oc.mins, oc.maxs, oc.means, len(oc.cells))
+    return bins, list(oc.bin_starts)
 
 
 def _selection(
@@ -447,34 +393,32 @@ def _selection(
         return [], None, None
     if view.range is not None:
         a, b = view.range
-        query = {
-            "layer": layer or view.layer,
-            "start": a,
-            "end": b,
-            "threshold": view.threshold,
-            "left_off": view.off[0],
-            "right_off": view.off[1],
-            "window_start": ws if per_step else a,
-            "window_end": we if per_step else a + 1,
-        }
+        query = SelectQuery(
+            layer=str(layer or view.layer),
+            start=a,
+            end=b,
+            threshold=view.threshold,
+            left_off=view.off[0],
+            right_off=view.off[1],
+            window_start=ws if per_step else a,
+            window_end=we if per_step else a + 1,
+        )
         # a per-session memo of the last selects (not a cache: POSTs are never cached)
-        memo_key = api.dumps([api.base_url(), ds_id, query])
-        memo: dict[str, Any] = st.session_state.setdefault("_select_memo", {})
+        memo_key = api.dumps([api.base_url(), ds_id, query.to_json()])
+        memo: dict[str, SelectResult] = st.session_state.setdefault("_select_memo", {})
         if memo_key in memo:
             res = memo[memo_key]
         else:
             try:
                 res = api.client().select(ds_id, query)
-            except api.ApiError as exc:
+            except ApiError as exc:
                 return [], None, exc.message
             memo[memo_key] = res
             while len(memo) > SELECT_MEMO:
                 memo.pop(next(iter(memo)))
-        cells = [int(c) for c in res.get("cells", [])]
-        counts = res.get("counts")
-        if counts is not None and int(res.get("window_start", ws)) == ws and len(counts) == we - ws:
-            return cells, [int(c) for c in counts], None
-        return cells, _counts(values, cells, view.threshold), None
+        if res.window_start == ws and len(res.counts) == we - ws:
+            return res.cells, res.counts, None
+        return res.cells, _counts(values, res.cells, view.threshold), None
     cells = list(view.cells)
     return cells, _counts(values, cells, view.threshold), None
 
@@ -490,8 +434,8 @@ def _counts(
 
 def _summary_plot(
     view: ViewState,
-    manifest: dict[str, Any],
-    layer: dict[str, Any],
+    manifest: DatasetInfo,
+    layer: LayerInfo,
     ws: int,
     we: int,
     *,
@@ -502,30 +446,24 @@ def _summary_plot(
     per bin and (for the view's own layer) the meta tracks per bin, all from the server's
     summaries; returns (S1, select error), or ``None`` after showing an API error. A layer
     summary refused as too large (422) leaves out the cells' lines, not the rest."""
-    ds_id = str(manifest["id"])
-    name = str(layer.get("name"))
-    summ: api.StatesSummary | None = None
+    ds_id = manifest.id
+    name = layer.name
+    summ: LayerSummary | None = None
     try:
-        summ = api.summary(
-            api.base_url(), ds_id, name, ws, we, SUMMARY_BINS, int(layer.get("n_cells", 64))
-        )
-    except api.BadRequest as exc:
+        summ = api.summary(api.base_url(), ds_id, name, ws, we, SUMMARY_BINS)
+    except BadRequest as exc:
         st.warning(f"The cells of {name} are not drawn over this range: {exc.message}")
-    except api.ApiError as exc:
+    except ApiError as exc:
         show_api_error(exc, where=f"reading the summary of {name}")
         return None
     cells_sel, _counts_unused, select_error = _selection(
         view, ds_id, ws, we, None, layer=name if compare else None, per_step=False
     )
     track_rows: list[charts.TrackRows] = []
-    edges = summ["bin_starts"] if summ is not None else None
+    edges = summ.bin_starts if summ is not None else None
     if not compare:
-        track_rows, track_edges, missing = _summary_track_rows(
-            ds_id, view, track_infos(manifest), ws, we
-        )
-        if missing and edges is not None:
-            track_rows = _binned_track_rows(ds_id, view, track_infos(manifest), edges)
-        elif edges is not None and track_edges is not None and track_edges != edges:
+        track_rows, track_edges = _summary_track_rows(ds_id, view, track_infos(manifest), ws, we)
+        if edges is not None and track_edges is not None and track_edges != edges:
             st.warning("The meta tracks came back in other bins than the cells; not shown.")
             track_rows = []
         edges = edges or track_edges
@@ -538,14 +476,12 @@ def _summary_plot(
         return cells_sel, select_error
     n_bins = len(edges) - 1
     empty = np.empty((n_bins, 0), np.float32)
-    yr = charts.y_range(
-        layer.get("value_min"), layer.get("value_max"), summ["maxs"] if summ else empty
-    )
+    yr = charts.y_range(layer.value_min, layer.value_max, summ.maxs if summ else empty)
     fig = charts.summary_figure(
         bin_starts=edges,
-        cells=summ["cells"] if summ else [],
-        mins=summ["mins"] if summ else empty,
-        maxs=summ["maxs"] if summ else empty,
+        cells=summ.cells if summ else [],
+        mins=summ.mins if summ else empty,
+        maxs=summ.maxs if summ else empty,
         selected=cells_sel,
         highlight=None if compare else view.hl,
         threshold=view.threshold,
@@ -563,8 +499,8 @@ def _summary_plot(
 
 def _window_plot(
     view: ViewState,
-    manifest: dict[str, Any],
-    layer: dict[str, Any],
+    manifest: DatasetInfo,
+    layer: LayerInfo,
     ws: int,
     we: int,
     texts: list[str],
@@ -575,24 +511,24 @@ def _window_plot(
     """The cells of ``layer`` over the window with the words, the on-counts and (for the
     view's own layer) the meta tracks; returns (S1, select error), or ``None`` after showing
     an API error."""
-    ds_id = str(manifest["id"])
-    name = str(layer.get("name"))
+    ds_id = manifest.id
+    name = layer.name
     try:
         window = api.states(api.base_url(), ds_id, name, ws, we)
-    except api.ApiError as exc:
+    except ApiError as exc:
         show_api_error(exc, where=f"reading the window of {name}")
         return None
-    values = window["values"]
+    values = window.values
     cells_sel, counts, select_error = _selection(
         view, ds_id, ws, we, values, layer=name if compare else None
     )
-    yr = charts.y_range(layer.get("value_min"), layer.get("value_max"), values)
+    yr = charts.y_range(layer.value_min, layer.value_max, values)
     track_rows = [] if compare else _track_rows(ds_id, view, track_infos(manifest), ws, we)
     fig = charts.select_figure(
         start=ws,
         texts=texts,
         values=values,
-        cells=window["cells"],
+        cells=window.cells,
         selected=cells_sel,
         highlight=None if compare else view.hl,
         threshold=view.threshold,
@@ -615,16 +551,16 @@ def _window_plot(
 
 
 def _compare(
-    view: ViewState, manifest: dict[str, Any], ws: int, we: int, texts: list[str] | None
+    view: ViewState, manifest: DatasetInfo, ws: int, we: int, texts: list[str] | None
 ) -> None:
     """The second layer, side by side with the first (stacked, over the same steps): its
     cells, and those of its cells that are on over the same range with the same off extents."""
-    other = layer_info(manifest, view.compare)
-    if not other:
+    other = manifest.layer(view.compare)
+    if other is None:
         return
     st.markdown(
-        f"**Compare: layer {view.compare}** ({other.get('n_cells')} cells, "
-        f"{other.get('transform', 'none')}) over the same steps"
+        f"**Compare: layer {view.compare}** ({other.n_cells} cells, {other.transform}) over the "
+        "same steps"
     )
     if texts is None:
         got = _summary_plot(view, manifest, other, ws, we, key="compare-summary", compare=True)
@@ -658,15 +594,17 @@ def render() -> None:
             st.page_link(PAGES["datasets"], label="Datasets", icon="🗂️")
         return
     view = layer_picker(view, manifest)
-    layer = layer_info(manifest, view.layer)
-    n_steps = int(manifest["n_steps"])
-    ds_id = str(manifest["id"])
+    layer = manifest.layer(view.layer)
+    if layer is None:  # a dataset without layers (the picker said so)
+        return
+    n_steps = manifest.n_steps
+    ds_id = manifest.id
     if view.pos >= n_steps:
         st.warning(f"Position {view.pos:,} is past the end ({n_steps:,} steps); showing the start.")
         view = replace(view, pos=0)
         set_view(view, history=False)
     if view.compare is not None and (
-        view.compare == view.layer or not layer_info(manifest, view.compare)
+        view.compare == view.layer or manifest.layer(view.compare) is None
     ):
         st.warning(f"Layer **{view.compare}** cannot be compared here; showing one layer.")
         view = replace(view, compare=None)
@@ -677,7 +615,7 @@ def render() -> None:
 
     ws, we = view.window(n_steps)
     st.markdown(
-        f"**{manifest['name']}** · layer **{view.layer}** · {_where(ws, seqs)} – "
+        f"**{manifest.name}** · layer **{view.layer}** · {_where(ws, seqs)} – "
         f"{_where(we - 1, seqs)} · {we - ws:,} steps of {n_steps:,} · "
         f"word width {view.cw:g}px"
     )
@@ -695,15 +633,11 @@ def render() -> None:
         got = _summary_plot(view, manifest, layer, ws, we, key="summary-plot")
     else:
         try:
-            toks = (
-                api.tokens(api.base_url(), ds_id, ws, we)
-                if manifest.get("has_tokens", True)
-                else None
-            )
-        except api.ApiError as exc:
+            toks = api.tokens(api.base_url(), ds_id, ws, we) if manifest.has_tokens else None
+        except ApiError as exc:
             show_api_error(exc, where="reading the words")
             return
-        texts = toks["texts"] if toks else [str(t) for t in range(ws, we)]
+        texts = toks.texts if toks else [str(t) for t in range(ws, we)]
         if len(texts) < we - ws:
             texts = texts + [""] * (we - ws - len(texts))
         got = _window_plot(view, manifest, layer, ws, we, texts, key="select-plot")
