@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import TrackInfo
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_service.testing import (
     ManagedProcess,
     RedisServer,

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import TrackInfo
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_service.testing import (
     ManagedProcess,
     RedisServer,
