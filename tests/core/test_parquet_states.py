@@ -181,8 +181,8 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
         # 0 puts every size that is a multiple of ALIGN in the aligned layout
         "min_aligned": draw(st.sampled_from([states.MIN_ALIGNED_BYTES, 0])),
         # a small staging buffer and pwritev batches, to exercise their refills
-        "stage": draw(st.sampled_from([states._STAGE_BYTES, ALIGN, 3 * ALIGN])),
-        "iov": draw(st.sampled_from([states._IOV_LIMIT, 1, 4])),
+        "stage": draw(st.sampled_from([states.STAGE_BYTES, ALIGN, 3 * ALIGN])),
+        "iov": draw(st.sampled_from([states.IOV_LIMIT, 1, 4])),
     }
 
 
@@ -194,20 +194,17 @@ def test_round_trip(tmp_path: Path, case: dict[str, Any]) -> None:
     rows = make_rows(rng, n, rb, case["aligned"], case["shift"])
     m = meta("float32", max(1, rb // 4))
     path = tmp_path / "s.parquet"
-    saved = states._STAGE_BYTES, states._IOV_LIMIT
-    states._STAGE_BYTES, states._IOV_LIMIT = case["stage"], case["iov"]
-    try:
-        w = write_ours(
-            path,
-            as_view(rows, case["view"]),
-            rb,
-            rg,
-            case["cuts"],
-            m,
-            min_aligned_bytes=case["min_aligned"],
-        )
-    finally:
-        states._STAGE_BYTES, states._IOV_LIMIT = saved
+    w = write_ours(
+        path,
+        as_view(rows, case["view"]),
+        rb,
+        rg,
+        case["cuts"],
+        m,
+        min_aligned_bytes=case["min_aligned"],
+        stage_bytes=case["stage"],
+        iov_limit=case["iov"],
+    )
     assert w.bytes_written == path.stat().st_size
     assert w.num_rows == n
     ref = tmp_path / "ref.parquet"
@@ -465,22 +462,21 @@ def test_short_writes_and_a_small_stage(
 
     with monkeypatch.context() as mp:
         mp.setattr(os, "pwritev", short)
-        mp.setattr(states, "_STAGE_BYTES", ALIGN)
-        write_ours(tmp_path / "b.parquet", rows, rb, rg, cuts, m, **kw)
+        write_ours(tmp_path / "b.parquet", rows, rb, rg, cuts, m, stage_bytes=ALIGN, **kw)
     assert (tmp_path / "b.parquet").read_bytes() == (tmp_path / "a.parquet").read_bytes()
     check_file(tmp_path / "b.parquet", rows, rg, m)
     aligned = aligned_empty(rows.shape, np.uint8)  # the no-copy path: the same bytes again
     aligned[:] = rows
     for stage, iov in [
-        (states._STAGE_BYTES, states._IOV_LIMIT),
+        (states.STAGE_BYTES, states.IOV_LIMIT),
         (ALIGN, 1),
         (2 * ALIGN, 5),
         (8 * ALIGN, 4),
     ]:
-        with monkeypatch.context() as mp:
-            mp.setattr(states, "_STAGE_BYTES", stage)
-            mp.setattr(states, "_IOV_LIMIT", iov)
-            write_ours(tmp_path / "c.parquet", aligned, rb, rg, [0, 2 * rg, 7 * rg], m, **kw)
+        write_ours(
+            tmp_path / "c.parquet", aligned, rb, rg, [0, 2 * rg, 7 * rg], m,
+            stage_bytes=stage, iov_limit=iov, **kw,
+        )  # fmt: skip
         assert (tmp_path / "c.parquet").read_bytes() == (tmp_path / "a.parquet").read_bytes()
 
 

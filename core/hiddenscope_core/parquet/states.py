@@ -81,11 +81,13 @@ at most 1/16 of the data)."""
 MAX_PAGE_BYTES = (1 << 31) - 1 - 4096
 """A page's size is a thrift i32: the largest row group (``row_group_rows * row_bytes``)."""
 
-_STAGE_BYTES = 4 << 20
+STAGE_BYTES = 4 << 20
+"""Bytes of the aligned staging buffer (headers, padding, unaligned rows)."""
 _IOV_MAX = 1024
 with contextlib.suppress(AttributeError, ValueError, OSError):
     _IOV_MAX = max(16, min(_IOV_MAX, os.sysconf("SC_IOV_MAX")))
-_IOV_LIMIT = _IOV_MAX - 2  # buffers queued before a pwritev
+IOV_LIMIT = _IOV_MAX - 2
+"""Buffers queued before a ``pwritev`` (below the system's ``IOV_MAX``)."""
 
 
 def _page_header(rows: int, size: int) -> bytes:
@@ -164,7 +166,9 @@ class StatesParquetWriter:
     As a context manager: ``close()`` on a clean exit, ``abort()`` after an exception.
 
     ``metadata`` is the schema's key/value metadata (arrow's ``schema.metadata``).
-    ``min_aligned_bytes`` (default ``MIN_ALIGNED_BYTES``) exists for tests. ``bytes_written``
+    ``min_aligned_bytes`` (default ``MIN_ALIGNED_BYTES``), ``stage_bytes`` (the staging
+    buffer, a multiple of ``ALIGN``; default ``STAGE_BYTES``) and ``iov_limit`` (buffers per
+    ``pwritev``; default ``IOV_LIMIT``) exist for tests. ``bytes_written``
     is the file's size so far (its final size after ``close``), ``direct_bytes`` the part
     written with ``O_DIRECT``, ``num_rows`` the rows received.
     """
@@ -179,6 +183,8 @@ class StatesParquetWriter:
         column: str = COLUMN,
         created_by: str = CREATED_BY,
         min_aligned_bytes: int = MIN_ALIGNED_BYTES,
+        stage_bytes: int = STAGE_BYTES,
+        iov_limit: int = IOV_LIMIT,
     ) -> None:
         row_bytes, row_group_rows = int(row_bytes), int(row_group_rows)
         if row_bytes < 1 or row_group_rows < 1:
@@ -210,7 +216,8 @@ class StatesParquetWriter:
         # write position at stage[_s1]; the queue holds buffers (stage slices, caller memory)
         # for the file range [_q_off, _seg_file), to be written with one pwritev. With O_DIRECT
         # _s0 and _seg_file are multiples of ALIGN and only whole blocks get queued.
-        self._stage = POOL.take(_STAGE_BYTES, np.uint8)
+        self._stage = POOL.take(stage_bytes, np.uint8)
+        self._iov_limit = iov_limit
         self._s0 = 0
         self._s1 = 0
         self._seg_file = 0
@@ -389,13 +396,13 @@ class StatesParquetWriter:
         mv = data.data
         j = 0
         while j < k:
-            if self._queue and len(self._queue) + 2 > _IOV_LIMIT:
+            if self._queue and len(self._queue) + 2 > self._iov_limit:
                 self._flush()
             room = (self._stage.size - self._s1) // ALIGN
             if room == 0:
                 self._make_room()
                 continue
-            g = min(k - j, room, max(1, (_IOV_LIMIT - len(self._queue)) // 2))
+            g = min(k - j, room, max(1, (self._iov_limit - len(self._queue)) // 2))
             a = self._s1
             blocks = self._stage[a : a + g * ALIGN].reshape(g, ALIGN)
             blocks[:, : ALIGN - h] = 0
@@ -411,7 +418,7 @@ class StatesParquetWriter:
             self._s1 = self._s0 = a + g * ALIGN
             self._seg_file = pos + g * stride
             j += g
-        if len(self._queue) >= _IOV_LIMIT:
+        if len(self._queue) >= self._iov_limit:
             self._flush()
 
     def _zeros(self, n: int) -> None:
@@ -466,7 +473,7 @@ class StatesParquetWriter:
 
     def _push(self, buf: npt.NDArray[np.uint8]) -> None:
         self._queue.append(buf.data)
-        if len(self._queue) >= _IOV_LIMIT:
+        if len(self._queue) >= self._iov_limit:
             self._flush()
 
     def _make_room(self) -> None:
