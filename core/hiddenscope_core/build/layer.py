@@ -52,9 +52,11 @@ class LayerOwner(IndexOwner, Protocol):
 class LayerWriter:
     """Receives the rows of one layer, in step order, in chunks of any size.
 
-    Each flush of the row buffer (a) folds per-cell min/max/sum/NaN counts, (b) writes the
-    transformed values column-major into ``values.bin`` with ``pwrite`` and (c) hands the raw
-    rows to a background thread writing the Parquet parts.
+    Each flush of the row buffer (a) hands the raw rows to a background I/O thread writing the
+    Parquet parts, (b) folds per-cell min/max/sum/NaN counts while transposing the transformed
+    values, (c) indexes the block if the index is fused (``FusedIndex``) and (d) has the I/O
+    thread write the transposed values into ``values.bin`` (one ``pwrite`` per cell) and the
+    block's row planes. ``sizes.buffer_bytes`` of the owner bounds the buffer.
     """
 
     def __init__(
