@@ -26,7 +26,7 @@ extracted into batches of 12-byte rows by a ``parallel=True`` kernel, encoded by
 * **Fused, single-threaded.** One numba kernel extracts a page (``PAGE_ROWS = 2**15`` rows) of
   starts and ends into two buffers that stay in L2 and DELTA-encodes them at once, so the 8
   bytes a row of positions never go to DRAM, and no batch is handed over. (The former
-  ``_emit_units`` is ``parallel=True``: its second thread bought no wall time beside the Parquet
+  extraction kernel was ``parallel=True``: its second thread bought no wall time beside the Parquet
   thread and cost ~0.6 CPU-s; with ``NUMBA_NUM_THREADS=1`` it took 2.8 CPU-s, same wall.)
 * **Branch-light extraction.** Starts (``w & ~prev``) and ends (``prev & ~w``) of a word are
   two independent bit streams; run ``k`` is the ``k``-th start and the ``k``-th end (they
