@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery, SelectQuery
 from hiddenscope_core.reader import open_dataset
 from hiddenscope_core.select import select_cells
 from hiddenscope_core.synth import generate_chunks
-from hiddenscope_core.writer import DatasetWriter
 
 from bench.baseline import baseline_match
 

@@ -34,9 +34,9 @@ from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import DatasetManifest, TrackInfo
 from hiddenscope_core.synth import LstmLikeStates
-from hiddenscope_core.writer import DatasetWriter
 
 BASES = ["A", "C", "G", "T", "N"]
 N_ID = 4

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 import numpy as np
-from hiddenscope_core.writer import DatasetWriter
+from hiddenscope_core.build import DatasetWriter
 
 
 def lstm_like(n: int, d: int, seed: int = 0) -> np.ndarray:

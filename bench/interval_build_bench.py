@@ -1,4 +1,4 @@
-"""On-interval phase of the index build: ``interval_build.write_layer_intervals`` (fused
+"""On-interval phase of the index build: ``build.intervals.write_layer_intervals`` (fused
 single-threaded extraction + encoding, ``O_DIRECT`` writes) against a plain numpy + pyarrow
 baseline, in the same process.
 
@@ -8,7 +8,7 @@ to 0/1 bytes (``np.unpackbits``), runs from ``np.diff`` of the signal padded wit
 the previous chunk's last bit before a later chunk), cut at the sequence starts inside them;
 the rows (``threshold_index`` int16, ``cell`` int32, ``start``/``end`` uint32, int64 when
 ``T >= 2**32``, sorted by (threshold, cell, start)) are gathered into whole row groups of
-``interval_build.ROW_GROUP_ROWS`` rows and written batch by batch with
+``build.intervals.ROW_GROUP_ROWS`` rows and written batch by batch with
 ``pyarrow.parquet.ParquetWriter`` (DELTA_BINARY_PACKED, no dictionary, uncompressed) into one
 file through the page cache.
 
@@ -39,15 +39,15 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hiddenscope_core import interval_build, writer
-from hiddenscope_core.parquet_intervals import COLUMNS
+from hiddenscope_core.build import BuildSizes, intervals
+from hiddenscope_core.parquet.intervals import COLUMNS
 from hiddenscope_core.synth import generate_chunks
 
 from bench.intervals_parquet_bench import interval_schema
 
 D = 64
 THRESHOLDS = np.round(np.arange(1, 10) / 10, 1)
-CHUNK_LOG2 = getattr(writer, "INTERVAL_CHUNK_LOG2", 24)  # the plane pass's run-count chunks
+CHUNK_LOG2 = BuildSizes().interval_chunk_log2  # the plane pass's run-count chunks
 NUMPY_CHUNK_STEPS = 1 << 26
 """Steps of a plane the numpy path unpacks at a time: 64 MB of 0/1 bytes, with the signal, its
 diff, the masks and the run positions (at most 2 x 8 bytes a step) about 1 GB at the worst."""
@@ -100,7 +100,7 @@ def numpy_path(
     wide = T >= 2**32
     pos_dt = np.int64 if wide else np.uint32
     schema = interval_schema(wide)
-    rg = interval_build.ROW_GROUP_ROWS
+    rg = intervals.ROW_GROUP_ROWS
     cuts = np.unique(np.asarray(seq, np.int64).reshape(-1))
     cuts = cuts[(cuts > 0) & (cuts < T)]  # a run is cut at a sequence start inside it
     G, D, _ = planes.shape
@@ -228,7 +228,7 @@ def main() -> None:
     planes, seq_all = build_planes(args.steps, args.seed, args.cache)
     T = args.steps
     seq = seq_all[1:]
-    counts = interval_build.count_starts(planes, seq, T, CHUNK_LOG2)
+    counts = intervals.count_starts(planes, seq, T, CHUNK_LOG2)
     total = int(counts.sum())
     print(
         f"planes {planes.shape} ({planes.nbytes / 1e6:.0f} MB), {len(seq_all)} sequences, "
@@ -238,11 +238,11 @@ def main() -> None:
     out_root = Path(tempfile.mkdtemp(prefix="ib_bench_", dir=args.out))
     paths: dict[str, Callable[[Path], Any]] = {
         "numpy": lambda d: numpy_path(planes, seq, T, d),
-        "new": lambda d: interval_build.write_layer_intervals(planes, counts, seq, T, d),
-        "new-cache": lambda d: interval_build.write_layer_intervals(
+        "new": lambda d: intervals.write_layer_intervals(planes, counts, seq, T, d),
+        "new-cache": lambda d: intervals.write_layer_intervals(
             planes, counts, seq, T, d, direct=False
         ),
-        "new-scalar": lambda d: interval_build.write_layer_intervals(
+        "new-scalar": lambda d: intervals.write_layer_intervals(
             planes, counts, seq, T, d, vbmi2=False
         ),
     }
@@ -256,11 +256,11 @@ def main() -> None:
     W = min(planes.shape[2], 1 << 12)
     small = np.ascontiguousarray(planes[:, :, :W])
     small.setflags(write=False)  # the same type as the memory map (no compilation later)
-    sc = interval_build.count_starts(small, seq, W * 64, CHUNK_LOG2)
+    sc = intervals.count_starts(small, seq, W * 64, CHUNK_LOG2)
     if "numpy" in names:
         numpy_path(small, seq, W * 64, out_root / "warm-numpy")
     for vbmi2 in (False, True):
-        interval_build.write_layer_intervals(
+        intervals.write_layer_intervals(
             small, sc, seq, W * 64, out_root / f"warm-new{vbmi2}", vbmi2=vbmi2
         )
     if args.check:

@@ -1,5 +1,5 @@
 """Interval Parquet writer benchmark: pyarrow (the index build's former settings) vs
-``hiddenscope_core.parquet_intervals.IntervalParquetWriter``.
+``hiddenscope_core.parquet.intervals.IntervalParquetWriter``.
 
 Run with ``uv run --frozen --all-extras python -m bench.intervals_parquet_bench --rows 100000000``.
 Generates realistic on-interval rows (units of a few hundred thousand rows per (threshold,
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hiddenscope_core.parquet_intervals import COLUMNS, IntervalParquetWriter
+from hiddenscope_core.parquet.intervals import COLUMNS, IntervalParquetWriter
 
 ROW_GROUP = 1 << 20
 
@@ -66,7 +66,7 @@ def interval_schema(wide: bool) -> pa.Schema:
 
 
 def write_pyarrow(path: Path, cols: tuple[np.ndarray, ...], batch: int, wide: bool) -> None:
-    """As ``writer._IntervalWriter`` did: one table per batch, row groups of 2^20."""
+    """As the index build's former pyarrow writer did: one table per batch, row groups of 2^20."""
     schema = interval_schema(wide)
     with pq.ParquetWriter(
         path,

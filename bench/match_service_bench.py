@@ -36,13 +36,13 @@ from typing import Any
 import httpx
 import numpy as np
 from hiddenscope_client import HiddenScopeClient, MatchJob, MatchRequest, SearchResult
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.errors import NotFound
 from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery, SelectQuery
 from hiddenscope_core.reader import Catalog, Dataset
 from hiddenscope_core.select import select_cells
 from hiddenscope_core.synth import generate_chunks
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_service.processes import ManagedProcess
 from hiddenscope_service.testing import RedisServer, start_celery_worker, start_uvicorn
 

@@ -1,5 +1,5 @@
 """States Parquet writer benchmark: pyarrow (``LayerWriter._write_parquet``) vs
-``hiddenscope_core.parquet_states.StatesParquetWriter`` (O_DIRECT pages).
+``hiddenscope_core.parquet.states.StatesParquetWriter`` (O_DIRECT pages).
 
 Run with ``PYTHONPATH=. uv run --frozen --all-extras python -m bench.states_parquet_bench --gb 2``.
 Writes ``--gb`` GB of random float32 rows (``--cells`` values a row) in batches of 65536 rows
@@ -26,14 +26,14 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hiddenscope_core.direct_io import aligned_empty
-from hiddenscope_core.parquet_states import StatesParquetWriter
-from hiddenscope_core.writer import (
+from hiddenscope_core.build.format import (
     PART_STEPS,
     ROW_GROUP_STEPS,
     STATES_META_CELLS,
     STATES_META_DTYPE,
 )
+from hiddenscope_core.direct_io import aligned_empty
+from hiddenscope_core.parquet.states import StatesParquetWriter
 
 BATCH_ROWS = 1 << 16
 POOL_BATCHES = 4  # distinct random batches, cycled through

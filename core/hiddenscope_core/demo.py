@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from hiddenscope_core.build import DatasetWriter
+from hiddenscope_core.layout import Layout
 from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery, SelectQuery
 from hiddenscope_core.reader import open_dataset
 from hiddenscope_core.select import select_cells
 from hiddenscope_core.synth import LstmLikeStates, plant_phrase
-from hiddenscope_core.writer import DatasetWriter
 
 VOCAB = ["<unk>", "(", "a", "b", ")", *[f"w{i}" for i in range(96)]]
 PHRASE = [1, 2, 3, 4]  # ( a b )
@@ -41,7 +42,7 @@ def build_demo(root: Path, steps: int, cells: int = 32, every: int = 500) -> tup
         w.write_tokens(tokens)
         w.add_layer("cell", n_cells=cells, transform="none").write(values)
         manifest = w.publish()
-    return root / "datasets" / manifest.id, starts[0]
+    return Layout(root).dataset(manifest.id), starts[0]
 
 
 def main() -> None:

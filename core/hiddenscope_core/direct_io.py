@@ -132,8 +132,8 @@ class BufferPool:
 
 
 POOL = BufferPool(512 << 20)
-"""The process's pool of block buffers (``LayerWriter``, the fused index, ``interval_build``,
-``parquet_states``)."""
+"""The process's pool of block buffers (``LayerWriter``, the fused index, ``build.intervals``,
+``parquet.states``)."""
 
 
 class DirectFile:

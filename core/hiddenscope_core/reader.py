@@ -24,11 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiddenscope_core import bits
+from hiddenscope_core.build.format import QUANTILE_COLUMNS, ROW_GROUP_STEPS, interval_glob
 from hiddenscope_core.errors import InvalidQuery, NotFound
+from hiddenscope_core.layout import MANIFEST, Layout
 from hiddenscope_core.models import DatasetManifest, LayerInfo
 from hiddenscope_core.summary import SUMMARY_CHUNK_STEPS, TrackSummaryAccumulator, bin_edges
 from hiddenscope_core.transforms import transform_values, values_dtype
-from hiddenscope_core.writer import QUANTILE_COLUMNS, ROW_GROUP_STEPS, interval_glob
 
 
 class Dataset:
@@ -453,7 +454,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Dataset:
         NotFound: no dataset (no ``manifest.json``) at ``path``.
     """
     p = Path(path)
-    manifest_path = p / "manifest.json"
+    manifest_path = p / MANIFEST
     try:
         text = manifest_path.read_text()
     except FileNotFoundError:
@@ -466,10 +467,11 @@ class Catalog:
 
     def __init__(self, data_root: str | os.PathLike[str]) -> None:
         self.root = Path(data_root)
+        self.layout = Layout(self.root)
 
     def _names(self) -> dict[str, str]:
         """name -> id of every published dataset."""
-        names_dir = self.root / "names"
+        names_dir = self.layout.names_dir
         out: dict[str, str] = {}
         if not names_dir.is_dir():
             return out
@@ -484,7 +486,7 @@ class Catalog:
         out = []
         for name, dataset_id in sorted(self._names().items()):
             try:
-                out.append(open_dataset(self.root / "datasets" / dataset_id).manifest)
+                out.append(open_dataset(self.layout.dataset(dataset_id)).manifest)
             except NotFound:
                 continue  # a name whose dataset is being deleted
             _ = name
@@ -495,7 +497,7 @@ class Catalog:
         if name_or_id in names:
             return name_or_id, names[name_or_id]
         safe = "/" not in name_or_id and name_or_id not in ("", ".", "..")
-        if safe and (self.root / "datasets" / name_or_id / "manifest.json").exists():
+        if safe and self.layout.manifest(name_or_id).exists():
             name = next((n for n, i in names.items() if i == name_or_id), None)
             return name, name_or_id
         raise NotFound(f"no dataset with name or id {name_or_id!r}")
@@ -503,7 +505,7 @@ class Catalog:
     def get(self, name_or_id: str) -> Dataset:
         """Open a dataset by name or id. Raises ``NotFound``."""
         _name, dataset_id = self._resolve(name_or_id)
-        return open_dataset(self.root / "datasets" / dataset_id)
+        return open_dataset(self.layout.dataset(dataset_id))
 
     def delete(self, name_or_id: str) -> None:
         """Remove a dataset: the name link first (so it disappears at once), then its files.
@@ -511,5 +513,5 @@ class Catalog:
         name, dataset_id = self._resolve(name_or_id)
         if name is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.root / "names" / name)
-        shutil.rmtree(self.root / "datasets" / dataset_id, ignore_errors=True)
+                os.unlink(self.layout.name_link(name))
+        shutil.rmtree(self.layout.dataset(dataset_id), ignore_errors=True)

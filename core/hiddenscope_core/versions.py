@@ -53,13 +53,12 @@ from typing import Any
 
 import numpy.typing as npt
 
+from hiddenscope_core.build import TrackWriter
 from hiddenscope_core.errors import Conflict, HiddenScopeError, InvalidData, NotFound
+from hiddenscope_core.layout import MANIFEST, Layout
 from hiddenscope_core.models import NAME_PATTERN, DatasetManifest, TrackInfo
 from hiddenscope_core.reader import open_dataset
-from hiddenscope_core.writer import TrackWriter
 
-VERSIONS_DIR = "versions"
-"""Bookkeeping of versions under the data root: ``locks/``, ``superseded/``, ``tmp/``."""
 DEFAULT_GRACE_SECONDS = 24 * 3600.0
 """How long a superseded version stays on disk by default (readers that opened it keep going)."""
 CHANGE_KEYS = ("job_id", "parent_id", "tracks_added", "tracks_removed")
@@ -83,7 +82,7 @@ def new_dataset_id() -> str:
 def current_id(data_root: str | os.PathLike[str], name: str) -> str | None:
     """The id ``names/<name>`` points at (``None`` if the name is not published)."""
     try:
-        return Path(os.readlink(Path(data_root) / "names" / name)).name
+        return Path(os.readlink(Layout(Path(data_root)).name_link(name))).name
     except (FileNotFoundError, OSError):
         return None
 
@@ -96,13 +95,14 @@ def resolve_current(data_root: str | os.PathLike[str], name_or_id: str) -> tuple
         Conflict: ``name_or_id`` is the id of a version that is no longer current.
     """
     root = Path(data_root)
+    layout = Layout(root)
     if re.fullmatch(NAME_PATTERN, name_or_id):
         cur = current_id(root, name_or_id)
         if cur is not None:
             return name_or_id, cur, False
-    if _ID_RE.fullmatch(name_or_id) and (root / "datasets" / name_or_id / "manifest.json").exists():
+    if _ID_RE.fullmatch(name_or_id) and layout.manifest(name_or_id).exists():
         try:
-            m = open_dataset(root / "datasets" / name_or_id).manifest
+            m = open_dataset(layout.dataset(name_or_id)).manifest
         except NotFound:
             raise NotFound(f"no dataset with name or id {name_or_id!r}") from None
         cur = current_id(root, m.name)
@@ -134,9 +134,9 @@ def _fsync(path: Path) -> None:
 @contextlib.contextmanager
 def name_lock(data_root: Path, name: str) -> Iterator[None]:
     """Exclusive lock on the versions of ``name`` (across processes; ``fcntl.flock``)."""
-    locks = data_root / VERSIONS_DIR / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{name}.lock", "a") as f:
+    path = Layout.of(data_root).version_lock(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -184,12 +184,13 @@ class VersionWriter:
         provenance: dict[str, Any],
     ) -> None:
         self.data_root = data_root
+        self.layout = Layout(data_root)
         self.name = name
         self.base = base
         self.expect_id = expect_id
         self.provenance = provenance
         self.id = new_dataset_id()
-        self.staging = data_root / "staging" / self.id
+        self.staging = self.layout.staging(self.id)
         self._tracks: dict[str, TrackWriter] = {}
         self._removed: list[str] = []
         self._state = "open"  # open | published | aborted
@@ -211,7 +212,7 @@ class VersionWriter:
         """
         root = Path(data_root)
         name, cur, by_id = resolve_current(root, name_or_id)
-        base = open_dataset(root / "datasets" / cur).manifest
+        base = open_dataset(Layout(root).dataset(cur)).manifest
         w = cls(root, name, base, cur if by_id else None, dict(provenance or {}))
         (w.staging / "tracks").mkdir(parents=True)
         return w
@@ -222,7 +223,8 @@ class VersionWriter:
     def n_steps(self) -> int:
         return self.base.n_steps
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise ``Conflict`` once this version is published or aborted."""
         if self._state != "open":
             raise Conflict(
                 f"this version of {self.name!r} is {self._state}; it can no longer change"
@@ -263,7 +265,7 @@ class VersionWriter:
                 first (``remove_track``) to replace it.
             InvalidData: bad data.
         """
-        self._check_open()
+        self.check_open()
         if info.name in self._tracks:
             raise Conflict(f"track {info.name!r} was already added in this change")
         if info.name in self._present():
@@ -283,7 +285,7 @@ class VersionWriter:
         Raises:
             NotFound: the dataset has no such track. Conflict: it was added in this change.
         """
-        self._check_open()
+        self.check_open()
         if name in self._tracks:
             raise Conflict(f"track {name!r} was added in this change; it cannot be removed")
         if name not in self._present():
@@ -310,7 +312,7 @@ class VersionWriter:
             NotFound: the dataset (or a track being removed) was deleted meanwhile.
             InvalidData: a track with fewer rows than ``n_steps``, or no change at all.
         """
-        self._check_open()
+        self.check_open()
         try:
             if not self._tracks and not self._removed:
                 raise InvalidData("nothing to change: add or remove at least one track")
@@ -324,6 +326,7 @@ class VersionWriter:
 
     def _publish_locked(self) -> DatasetManifest:
         root = self.data_root
+        layout = self.layout
         cur_id = current_id(root, self.name)
         if cur_id is None:
             raise NotFound(f"dataset {self.name!r} was deleted meanwhile; nothing was changed")
@@ -332,7 +335,7 @@ class VersionWriter:
                 f"dataset version {self.expect_id!r} of {self.name!r} was superseded by "
                 f"{cur_id!r} meanwhile; nothing was changed (retry on the current version)"
             )
-        cur_dir = root / "datasets" / cur_id
+        cur_dir = layout.dataset(cur_id)
         cur = open_dataset(cur_dir).manifest
         if origin_of(cur) != origin_of(self.base) or cur.n_steps != self.base.n_steps:
             raise Conflict(
@@ -353,7 +356,7 @@ class VersionWriter:
                 )
         changed = {f"tracks/{n}.parquet" for n in (*self._removed, *self._tracks)}
         try:
-            self.n_linked = _link_tree(cur_dir, self.staging, changed | {"manifest.json"})
+            self.n_linked = _link_tree(cur_dir, self.staging, changed | {MANIFEST})
         except FileNotFoundError:
             raise NotFound(f"dataset {self.name!r} was deleted meanwhile") from None
 
@@ -383,24 +386,23 @@ class VersionWriter:
                 "provenance": provenance,
             }
         )
-        (self.staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+        (self.staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         # durable: the new files' data and every directory entry (links included); the linked
         # files' data was made durable when the version that wrote them was published
-        _fsync(self.staging / "manifest.json")
+        _fsync(self.staging / MANIFEST)
         for n in self._tracks:
             _fsync(self.staging / "tracks" / f"{n}.parquet")
         for dirpath, _d, _f in os.walk(self.staging, topdown=False):
             _fsync(Path(dirpath))
 
-        final = root / "datasets" / self.id
-        meta = root / VERSIONS_DIR
-        marker = meta / "superseded" / cur_id
-        tmp_link = meta / "tmp" / self.id
+        final = layout.dataset(self.id)
+        marker = layout.superseded_marker(cur_id)
+        tmp_link = layout.name_tmp(self.id)
         os.rename(self.staging, final)
         try:
-            _fsync(root / "datasets")
-            for sub in ("superseded", "tmp"):
-                (meta / sub).mkdir(parents=True, exist_ok=True)
+            _fsync(layout.datasets_dir)
+            for d in (layout.superseded_dir, layout.name_tmp_dir):
+                d.mkdir(parents=True, exist_ok=True)
             marker.write_text(
                 json.dumps({"name": self.name, "superseded_by": self.id, "at": time.time()})
             )
@@ -408,8 +410,8 @@ class VersionWriter:
             _fsync(marker.parent)
             with contextlib.suppress(FileNotFoundError):
                 tmp_link.unlink()
-            os.symlink(Path("..") / "datasets" / self.id, tmp_link)
-            os.replace(tmp_link, root / "names" / self.name)
+            os.symlink(layout.name_target(self.id), tmp_link)
+            os.replace(tmp_link, layout.name_link(self.name))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp_link.unlink()
@@ -418,7 +420,7 @@ class VersionWriter:
             shutil.rmtree(final, ignore_errors=True)
             raise
         self._state = "published"
-        _fsync(root / "names")
+        _fsync(layout.names_dir)
         return manifest
 
 
@@ -443,7 +445,7 @@ def add_tracks(
 
 def _named_ids(root: Path) -> set[str]:
     out: set[str] = set()
-    names = root / "names"
+    names = Layout(root).names_dir
     if names.is_dir():
         for entry in os.scandir(names):
             if entry.is_symlink():
@@ -476,8 +478,9 @@ def collect_superseded(
     midway, are removed too.
     """
     root = Path(data_root)
-    datasets = root / "datasets"
-    markers = root / VERSIONS_DIR / "superseded"
+    layout = Layout(root)
+    datasets = layout.datasets_dir
+    markers = layout.superseded_dir
     removed: list[str] = []
     if not datasets.is_dir():
         return removed
@@ -487,7 +490,7 @@ def collect_superseded(
         if entry.name in named or not entry.is_dir(follow_symlinks=False):
             continue
         path = Path(entry.path)
-        since = _mtime(markers / entry.name) or max(_mtime(path), _mtime(path / "manifest.json"))
+        since = _mtime(markers / entry.name) or max(_mtime(path), _mtime(path / MANIFEST))
         if now - since < grace_seconds:
             continue
         if entry.name in _named_ids(root):  # named again meanwhile (cannot happen today)
@@ -502,7 +505,7 @@ def collect_superseded(
                 gone = not (datasets / marker.name).exists()
                 if gone and now - _mtime(marker) >= grace_seconds:
                     marker.unlink(missing_ok=True)
-        tmp = root / VERSIONS_DIR / "tmp"
+        tmp = layout.name_tmp_dir
         if tmp.is_dir():  # name links of switches that died before the rename
             for link in tmp.iterdir():
                 if now - _mtime(link) >= grace_seconds:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hiddenscope_core.build import DatasetWriter
+from hiddenscope_core.layout import Layout
 from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery, SelectQuery
 from hiddenscope_core.reader import open_dataset
 from hiddenscope_core.select import select_cells
-from hiddenscope_core.writer import DatasetWriter
 
 _T, _D = 4096, 8
 
@@ -36,7 +37,7 @@ def warm_up() -> float:
         for dtype in ("float32", "float16"):
             lw = w.add_layer(f"l{dtype}", n_cells=_D, dtype=dtype, thresholds=[0.0, 0.3])
             lw.write(x)
-        ds = open_dataset(Path(tmp) / "datasets" / w.publish().id)
+        ds = open_dataset(Layout(Path(tmp)).dataset(w.publish().id))
         for dtype in ("float32", "float16"):
             layer = f"l{dtype}"
             ds.window(layer, 10, 50)

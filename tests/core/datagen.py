@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.reader import open_dataset
-from hiddenscope_core.writer import DatasetWriter
 
 F16_TINY = 5.960464477539063e-08  # the smallest positive float16 (subnormal)
 ON_LEVELS = np.array(

@@ -1,4 +1,4 @@
-"""``interval_build.write_layer_intervals``: the on-interval files against a brute-force
+"""``build.intervals.write_layer_intervals``: the on-interval files against a brute-force
 reference on random planes (runs touching the first and last step, sequence starts anywhere,
 all-0/all-1 words, several chunks, any layout, narrow and wide positions, both extraction
 kernels) and against the files of a real dataset build (byte for byte), read back with pyarrow
@@ -15,9 +15,12 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hiddenscope_core import interval_build, writer
-from hiddenscope_core.interval_build import count_starts, write_layer_intervals
-from hiddenscope_core.parquet_intervals import COLUMNS, PAGE_ROWS
+from hiddenscope_core.build import DatasetWriter, intervals
+from hiddenscope_core.build.intervals import count_starts, write_layer_intervals
+from hiddenscope_core.build.sizes import BuildSizes
+from hiddenscope_core.layout import Layout
+from hiddenscope_core.parquet.delta import PAGE_ROWS
+from hiddenscope_core.parquet.intervals import COLUMNS
 from hiddenscope_core.reader import open_dataset
 from hiddenscope_core.synth import generate_chunks
 from hypothesis import HealthCheck, given, settings
@@ -273,11 +276,11 @@ def test_release_and_rewrite(tmp_path: Path) -> None:
 
 
 def test_layout_constants() -> None:
-    """The row groups are the dataset's (``writer.INTERVAL_ROW_GROUP``, while writer.py has
-    it); part files hold whole row groups."""
-    rg = getattr(writer, "INTERVAL_ROW_GROUP", interval_build.ROW_GROUP_ROWS)
-    assert rg == interval_build.ROW_GROUP_ROWS
-    assert interval_build.PART_ROWS % interval_build.ROW_GROUP_ROWS == 0
+    """The row groups and part files are the dataset's (``BuildSizes``' defaults); part files
+    hold whole row groups."""
+    assert BuildSizes().interval_row_group == intervals.ROW_GROUP_ROWS
+    assert BuildSizes().interval_part_rows == intervals.PART_ROWS
+    assert intervals.PART_ROWS % intervals.ROW_GROUP_ROWS == 0
 
 
 # ----------------------------------------------------------------------------- dataset build
@@ -287,13 +290,13 @@ def test_same_as_dataset_build(tmp_path: Path) -> None:
     """On the planes of a real build (memory-mapped), the same files as the build wrote."""
     T, D = 5000, 24
     x = np.concatenate(list(generate_chunks(T, D, chunk_steps=1000, seed=7)))
-    w = writer.DatasetWriter.create(tmp_path, "ds", n_steps=T)
+    w = DatasetWriter.create(tmp_path, "ds", n_steps=T)
     starts = [0, 1000, 1024, 2500, 4999]
     w.set_sequences(starts, names=[f"s{i}" for i in range(len(starts))])
     lw = w.add_layer("l", n_cells=D, transform="none")
     lw.write(x)
     m = w.publish()
-    ds = open_dataset(tmp_path / "datasets" / m.id)
+    ds = open_dataset(Layout(tmp_path).dataset(m.id))
     planes = ds.planes("l")
     seq = ds.sequence_starts()
     counts = count_starts(planes, seq, T)

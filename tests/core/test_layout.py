@@ -47,3 +47,23 @@ def test_ensure_creates_the_rename_targets(tmp_path: Path) -> None:
     lay.ensure()  # idempotent
     for d in (lay.datasets_dir, lay.names_dir, lay.staging_dir):
         assert d.is_dir()
+
+
+def test_no_core_module_names_a_top_level_directory() -> None:
+    """Only ``layout`` spells the data root's directory names: every other core module asks a
+    ``Layout`` for its paths."""
+    import re
+
+    import hiddenscope_core
+
+    pkg = Path(hiddenscope_core.__file__).parent
+    names = "datasets|names|staging|trash|uploads|versions|cache|locks|superseded"
+    literal = re.compile(rf"""["']({names})["']""")
+    offenders = [
+        f"{p.relative_to(pkg)}:{i}"
+        for p in sorted(pkg.rglob("*.py"))
+        if p.name != "layout.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert offenders == []

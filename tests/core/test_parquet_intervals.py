@@ -1,4 +1,4 @@
-"""The numba Parquet writer of the on-interval table (``parquet_intervals``): files read back
+"""The numba Parquet writer of the on-interval table (``parquet.intervals``): files read back
 exactly (pyarrow and DuckDB) whatever the values, lengths and batch cuts; row groups and their
 statistics; DuckDB's row-group pruning; the same table as pyarrow's writer."""
 
@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hiddenscope_core.parquet_intervals import COLUMNS, PAGE_ROWS, IntervalParquetWriter
+from hiddenscope_core.parquet.delta import PAGE_ROWS
+from hiddenscope_core.parquet.intervals import COLUMNS, IntervalParquetWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -223,7 +224,7 @@ def test_duckdb_row_group_pruning(tmp_path: Path) -> None:
 
 
 def write_pyarrow(path: Path, cols: Cols, wide: bool, rg: int) -> None:
-    """As the index build's pyarrow writer (``writer._IntervalWriter``) did."""
+    """As the index build's former pyarrow writer of the interval files did."""
     with pq.ParquetWriter(
         path,
         schema(wide),

@@ -1,4 +1,4 @@
-"""The O_DIRECT Parquet writer of hidden-state rows (``parquet_states``): files read back
+"""The O_DIRECT Parquet writer of hidden-state rows (``parquet.states``): files read back
 exactly (pyarrow, DuckDB) whatever the row size, row-group size, batch cuts and memory
 alignment; the same row groups, schema and metadata as pyarrow's writer; the page-cache
 fallbacks give the same bytes; the reader decodes them like the former pyarrow-written parts."""
@@ -16,15 +16,15 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hiddenscope_core import parquet_states
-from hiddenscope_core.direct_io import ALIGN, aligned_empty
-from hiddenscope_core.parquet_states import StatesParquetWriter
-from hiddenscope_core.reader import _decode_states
-from hiddenscope_core.writer import (
+from hiddenscope_core.build.format import (
     ROW_GROUP_STEPS,
     STATES_META_CELLS,
     STATES_META_DTYPE,
 )
+from hiddenscope_core.direct_io import ALIGN, aligned_empty
+from hiddenscope_core.parquet import states
+from hiddenscope_core.parquet.states import StatesParquetWriter
+from hiddenscope_core.reader import _decode_states
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -179,10 +179,10 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
         "shift": draw(st.integers(1, ALIGN - 1)),
         "view": draw(st.sampled_from(["u1", "f4", "f2"])),
         # 0 puts every size that is a multiple of ALIGN in the aligned layout
-        "min_aligned": draw(st.sampled_from([parquet_states.MIN_ALIGNED_BYTES, 0])),
+        "min_aligned": draw(st.sampled_from([states.MIN_ALIGNED_BYTES, 0])),
         # a small staging buffer and pwritev batches, to exercise their refills
-        "stage": draw(st.sampled_from([parquet_states._STAGE_BYTES, ALIGN, 3 * ALIGN])),
-        "iov": draw(st.sampled_from([parquet_states._IOV_LIMIT, 1, 4])),
+        "stage": draw(st.sampled_from([states.STAGE_BYTES, ALIGN, 3 * ALIGN])),
+        "iov": draw(st.sampled_from([states.IOV_LIMIT, 1, 4])),
     }
 
 
@@ -194,20 +194,17 @@ def test_round_trip(tmp_path: Path, case: dict[str, Any]) -> None:
     rows = make_rows(rng, n, rb, case["aligned"], case["shift"])
     m = meta("float32", max(1, rb // 4))
     path = tmp_path / "s.parquet"
-    saved = parquet_states._STAGE_BYTES, parquet_states._IOV_LIMIT
-    parquet_states._STAGE_BYTES, parquet_states._IOV_LIMIT = case["stage"], case["iov"]
-    try:
-        w = write_ours(
-            path,
-            as_view(rows, case["view"]),
-            rb,
-            rg,
-            case["cuts"],
-            m,
-            min_aligned_bytes=case["min_aligned"],
-        )
-    finally:
-        parquet_states._STAGE_BYTES, parquet_states._IOV_LIMIT = saved
+    w = write_ours(
+        path,
+        as_view(rows, case["view"]),
+        rb,
+        rg,
+        case["cuts"],
+        m,
+        min_aligned_bytes=case["min_aligned"],
+        stage_bytes=case["stage"],
+        iov_limit=case["iov"],
+    )
     assert w.bytes_written == path.stat().st_size
     assert w.num_rows == n
     ref = tmp_path / "ref.parquet"
@@ -334,7 +331,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def _old_write_parquet(path: Path, raw: npt.NDArray[Any], dtype: str, chunk: int) -> None:
-    """LayerWriter._write_parquet before parquet_states (one part, one flush per chunk)."""
+    """LayerWriter._write_parquet before parquet.states (one part, one flush per chunk)."""
     d = raw.shape[1]
     binary_type = pa.binary(d * raw.dtype.itemsize)
     schema = pa.schema(
@@ -465,22 +462,21 @@ def test_short_writes_and_a_small_stage(
 
     with monkeypatch.context() as mp:
         mp.setattr(os, "pwritev", short)
-        mp.setattr(parquet_states, "_STAGE_BYTES", ALIGN)
-        write_ours(tmp_path / "b.parquet", rows, rb, rg, cuts, m, **kw)
+        write_ours(tmp_path / "b.parquet", rows, rb, rg, cuts, m, stage_bytes=ALIGN, **kw)
     assert (tmp_path / "b.parquet").read_bytes() == (tmp_path / "a.parquet").read_bytes()
     check_file(tmp_path / "b.parquet", rows, rg, m)
     aligned = aligned_empty(rows.shape, np.uint8)  # the no-copy path: the same bytes again
     aligned[:] = rows
     for stage, iov in [
-        (parquet_states._STAGE_BYTES, parquet_states._IOV_LIMIT),
+        (states.STAGE_BYTES, states.IOV_LIMIT),
         (ALIGN, 1),
         (2 * ALIGN, 5),
         (8 * ALIGN, 4),
     ]:
-        with monkeypatch.context() as mp:
-            mp.setattr(parquet_states, "_STAGE_BYTES", stage)
-            mp.setattr(parquet_states, "_IOV_LIMIT", iov)
-            write_ours(tmp_path / "c.parquet", aligned, rb, rg, [0, 2 * rg, 7 * rg], m, **kw)
+        write_ours(
+            tmp_path / "c.parquet", aligned, rb, rg, [0, 2 * rg, 7 * rg], m,
+            stage_bytes=stage, iov_limit=iov, **kw,
+        )  # fmt: skip
         assert (tmp_path / "c.parquet").read_bytes() == (tmp_path / "a.parquet").read_bytes()
 
 

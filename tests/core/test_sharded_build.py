@@ -6,15 +6,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hiddenscope_core.build import BuildSizes, DatasetWriter
 from hiddenscope_core.errors import InvalidData, NotFound
 from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery
 from hiddenscope_core.reader import Catalog
-from hiddenscope_core.writer import DatasetWriter
 
 from tests.core.test_storage import make_states
 
@@ -23,16 +24,16 @@ STARTS = [0, 1500, 2048, 4095, 6143, 6144, 8999]  # some exactly at or next to s
 SHARD = 2048
 
 
+Units = dict[str, Any]
+"""Keyword arguments of ``DatasetWriter.create``: the part and block sizes of a build."""
+
+
 @pytest.fixture
-def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
+def small_units() -> Units:
     """Parts of 1024 steps, index blocks of 256 steps and interval chunks of 4096 steps, so
     that a few thousand steps cross every kind of boundary."""
-    import hiddenscope_core.writer as writer_mod
-
-    monkeypatch.setattr(writer_mod, "PART_STEPS", 1024)
-    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 1024 * 4)
-    monkeypatch.setattr(writer_mod, "_BLOCK_VALUES", 256 * D)
-    monkeypatch.setattr(writer_mod, "INTERVAL_CHUNK_LOG2", 12)
+    sizes = BuildSizes(buffer_bytes=1024 * 4, block_values=256 * D, interval_chunk_log2=12)
+    return {"part_steps": 1024, "sizes": sizes}
 
 
 def _states(dtype: str, seed: int) -> np.ndarray:
@@ -49,8 +50,8 @@ def _layers(dtype: str) -> list[dict[str, object]]:
     ]
 
 
-def _one_process(root: Path, x: np.ndarray, dtype: str) -> str:
-    w = DatasetWriter.create(root, "whole", n_steps=T)
+def _one_process(root: Path, x: np.ndarray, dtype: str, units: Units) -> str:
+    w = DatasetWriter.create(root, "whole", n_steps=T, **units)
     w.set_sequences(STARTS)
     for spec in _layers(dtype):
         lw = w.add_layer(n_cells=D, **spec)  # type: ignore[arg-type]
@@ -69,9 +70,9 @@ def _run_shard(root: Path, dataset_id: str, phase: str, layer: str, shard: int,
         w.index_layer_shard(layer, shard)
 
 
-def _sharded(root: Path, x: np.ndarray, dtype: str, *, pool: bool = False,
+def _sharded(root: Path, x: np.ndarray, dtype: str, units: Units, *, pool: bool = False,
              index: bool = True) -> str:  # fmt: skip
-    w = DatasetWriter.create(root, "sharded", n_steps=T)
+    w = DatasetWriter.create(root, "sharded", n_steps=T, **units)
     w.set_sequences(STARTS)
     for spec in _layers(dtype):
         w.declare_layer(n_cells=D, **spec)  # type: ignore[arg-type]
@@ -120,26 +121,28 @@ def _assert_same(root: Path, id_a: str, id_b: str) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_sharded_build_is_the_one_process_build(
-    tmp_path: Path, small_units: None, dtype: str
+    tmp_path: Path, small_units: Units, dtype: str
 ) -> None:
     x = _states(dtype, seed=11)
-    _assert_same(tmp_path, _one_process(tmp_path, x, dtype), _sharded(tmp_path, x, dtype))
+    whole = _one_process(tmp_path, x, dtype, small_units)
+    _assert_same(tmp_path, whole, _sharded(tmp_path, x, dtype, small_units))
 
 
 def test_shards_in_other_processes_and_index_at_publication(
-    tmp_path: Path, small_units: None
+    tmp_path: Path, small_units: Units
 ) -> None:
     """Phase 1 in a pool of spawned processes; without phase 2 the publishing process builds
-    the planes itself. (The pool's processes import the module afresh, so they use the real
-    part size: the build records the one it was created with.)"""
+    the planes itself. (The pool's processes resume the build with the part and block sizes it
+    recorded.)"""
     x = _states("float32", seed=12)
-    whole = _one_process(tmp_path, x, "float32")
-    _assert_same(tmp_path, whole, _sharded(tmp_path, x, "float32", pool=True, index=False))
+    whole = _one_process(tmp_path, x, "float32", small_units)
+    sharded = _sharded(tmp_path, x, "float32", small_units, pool=True, index=False)
+    _assert_same(tmp_path, whole, sharded)
 
 
-def test_rerun_shard_and_missing_shard(tmp_path: Path, small_units: None) -> None:
+def test_rerun_shard_and_missing_shard(tmp_path: Path, small_units: Units) -> None:
     x = _states("float32", seed=13)
-    w = DatasetWriter.create(tmp_path, "holes", n_steps=T)
+    w = DatasetWriter.create(tmp_path, "holes", n_steps=T, **small_units)
     w.declare_layer("grid", n_cells=D, thresholds=[0.3])
     ranges = w.save_build(SHARD)
     for i, (a, b) in enumerate(ranges):
@@ -170,7 +173,7 @@ def test_resume_rejects_bad_ids(tmp_path: Path) -> None:
 
 
 def test_abort_while_another_writer_is_still_writing_shards(
-    tmp_path: Path, small_units: None
+    tmp_path: Path, small_units: Units
 ) -> None:
     """A helper still writing shards of a build that the job's worker aborts (bad data found
     in another shard) neither keeps the build alive nor recreates any of it: the build is gone
@@ -178,7 +181,7 @@ def test_abort_while_another_writer_is_still_writing_shards(
     import threading
 
     x = _states("float32", seed=17)
-    w = DatasetWriter.create(tmp_path, "aborted", n_steps=T)
+    w = DatasetWriter.create(tmp_path, "aborted", n_steps=T, **small_units)
     w.declare_layer("grid", n_cells=D, thresholds=[0.3])
     ranges = w.save_build(SHARD)
     started, errors = threading.Event(), []

@@ -5,17 +5,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from hiddenscope_core import bits
+from hiddenscope_core.build import BuildSizes, DatasetWriter
 from hiddenscope_core.errors import Conflict, InvalidData, InvalidQuery, NotFound
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.reader import Catalog, open_dataset
 from hiddenscope_core.thresholds import default_grid, validate_grid
 from hiddenscope_core.transforms import transform_values
-from hiddenscope_core.writer import DatasetWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -55,15 +54,22 @@ def write_dataset(
     starts: list[int] | None = None,
     chunk: int = 777,
     thresholds: list[float] | None = None,
+    sizes: BuildSizes | None = None,
+    index_sources: dict[str, str] | None = None,
 ) -> str:
+    """Write ``x`` as layer ``l1`` of a new dataset; returns its id. ``index_sources`` gets the
+    writer's ``index_sources`` (where each layer's planes came from)."""
     T, D = x.shape
-    w = DatasetWriter.create(root, name, n_steps=T)
+    w = DatasetWriter.create(root, name, n_steps=T, sizes=sizes)
     if starts is not None:
         w.set_sequences(starts, names=[f"s{i}" for i in range(len(starts))])
     lw = w.add_layer("l1", n_cells=D, dtype=dtype, transform=transform, thresholds=thresholds)  # type: ignore[arg-type]
     for s in range(0, T, chunk):
         lw.write(x[s : s + chunk].astype(dtype))
-    return w.publish().id
+    dataset_id = w.publish().id
+    if index_sources is not None:
+        index_sources.update(w.index_sources)
+    return dataset_id
 
 
 @pytest.mark.parametrize(
@@ -191,14 +197,11 @@ def test_round_trip_tokens_tracks_sequences(tmp_path: Path) -> None:
     assert info.value_min == pytest.approx(float(np.nanmin(x)))
 
 
-def test_multiple_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hiddenscope_core.writer as writer_mod
-
-    monkeypatch.setattr(writer_mod, "PART_STEPS", 2048)
-    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 4096 * 4)
+def test_multiple_parts(tmp_path: Path) -> None:
     T, D = 5000, 4
     x = make_states(T, D, seed=5)
-    w = DatasetWriter.create(tmp_path, "parts", n_steps=T)
+    sizes = BuildSizes(buffer_bytes=4096 * 4)
+    w = DatasetWriter.create(tmp_path, "parts", n_steps=T, part_steps=2048, sizes=sizes)
     lw = w.add_layer("l", n_cells=D)
     for s in range(0, T, 999):
         lw.write(x[s : s + 999])
@@ -375,17 +378,15 @@ def brute_rows(v: np.ndarray, theta: float) -> np.ndarray:
     ("dtype", "transform"),
     [("float32", "tanh"), ("float32", "none"), ("float16", "none"), ("float16", "tanh")],
 )
-def test_rows_equal_brute_force(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, transform: str, D: int
-) -> None:
-    import hiddenscope_core.writer as writer_mod
-
-    monkeypatch.setattr(writer_mod, "_BLOCK_VALUES", 64 * 64)  # several index blocks
-    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 1024 * D * 4)  # flushes of 1024-2048 rows
+def test_rows_equal_brute_force(tmp_path: Path, dtype: str, transform: str, D: int) -> None:
+    # several index blocks; flushes of 1024-2048 rows
+    sizes = BuildSizes(block_values=64 * 64, buffer_bytes=1024 * D * 4)
     T = 2600 + D  # not a multiple of 64; rows of the fused index in 2-3 flushes
     x = make_states(T, D, seed=D, nan_frac=0.05)
     grid = [-0.4, 0.0, 0.3] if transform == "none" else None
-    write_dataset(tmp_path, "rows", x, dtype=dtype, transform=transform, thresholds=grid)
+    write_dataset(
+        tmp_path, "rows", x, dtype=dtype, transform=transform, thresholds=grid, sizes=sizes
+    )
     ds = Catalog(tmp_path).get("rows")
     v = transform_values(x.astype(dtype), transform).astype(np.float32)  # type: ignore[arg-type]
     rows = ds.rows("l1")
@@ -525,23 +526,23 @@ def test_on_intervals_view_after_publication(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("chunk_log2", [6, 7])
-def test_intervals_across_small_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_log2: int
-) -> None:
+def test_intervals_across_small_chunks(tmp_path: Path, chunk_log2: int) -> None:
     """Runs that cross interval-extraction chunks (and sequence starts) come out whole, once."""
-    import hiddenscope_core.writer as writer_mod
-
-    monkeypatch.setattr(writer_mod, "INTERVAL_CHUNK_LOG2", chunk_log2)
-    monkeypatch.setattr(writer_mod, "_BLOCK_VALUES", 64)
-    monkeypatch.setattr(writer_mod, "INTERVAL_ROW_GROUP", 5)  # many row groups
-    monkeypatch.setattr(writer_mod, "_INTERVAL_PART_ROWS", 20)  # several part files
+    sizes = BuildSizes(
+        interval_chunk_log2=chunk_log2,
+        block_values=64,
+        interval_row_group=5,  # many row groups
+        interval_part_rows=20,  # several part files
+    )
     T, D = 1000, 3
     rng = np.random.default_rng(3)
     x = np.cumsum(rng.standard_normal((T, D)), axis=0).astype(np.float32) * 0.2
     x[:, 2] = 1.0  # always on: one run per sequence, crossing every chunk
     x[rng.random((T, D)) < 0.01] = np.nan
     starts = [0, 64, 130, 500, 999]
-    write_dataset(tmp_path, "ch", x, transform="none", starts=starts, thresholds=[0.0, 0.5])
+    write_dataset(
+        tmp_path, "ch", x, transform="none", starts=starts, thresholds=[0.0, 0.5], sizes=sizes
+    )
     ds = Catalog(tmp_path).get("ch")
     assert len(list((ds.path / "layers" / "l1" / "intervals").iterdir())) > 1
     for theta in (0.0, 0.5):
@@ -562,7 +563,6 @@ def test_intervals_across_small_chunks(
 )
 def test_cell_statistics_exact_whatever_the_values(
     tmp_path_factory: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
     data: st.DataObject,
     dtype: str,
     T: int,
@@ -571,9 +571,7 @@ def test_cell_statistics_exact_whatever_the_values(
     """min, max, NaN count and mean per cell equal numpy's on the stored values, for buffers
     with and without NaN (the writer's fast statistics kernel and its exact fallback), signed
     zeros, subnormals and the largest finite values of the dtype."""
-    import hiddenscope_core.writer as writer_mod
-
-    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 64 * D * 4)  # flushes of 64 rows
+    sizes = BuildSizes(buffer_bytes=64 * D * 4)  # flushes of 64 rows
     info = np.finfo(np.dtype(dtype))
     pool = np.array(
         [0.0, -0.0, 0.5, -0.75, float(info.tiny) / 4, -float(info.tiny) / 2, float(info.max),
@@ -587,7 +585,9 @@ def test_cell_statistics_exact_whatever_the_values(
     if data.draw(st.booleans()):
         x[:, 0] = np.nan  # an all-NaN cell
     root = tmp_path_factory.mktemp("stats")
-    write_dataset(root, "s", x, dtype=dtype, transform="none", chunk=50, thresholds=[0.0])
+    write_dataset(
+        root, "s", x, dtype=dtype, transform="none", chunk=50, thresholds=[0.0], sizes=sizes
+    )
     ds = Catalog(root).get("s")
     stats = ds.cell_stats("l1")
     xf = x.astype(np.float64)
@@ -606,24 +606,12 @@ def test_cell_statistics_exact_whatever_the_values(
 
 
 @pytest.mark.parametrize("later_range", ["same_grid", "other_grid"])
-def test_default_grid_guessed_from_the_first_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, later_range: str
-) -> None:
+def test_default_grid_guessed_from_the_first_rows(tmp_path: Path, later_range: str) -> None:
     """Without an explicit grid, the index is built during the writes for the default grid of
     the first flushed rows. If the later rows keep that grid it is used as built (the histogram
     re-binned as the range grew); if they change it, the index is rebuilt from values.bin. Both
     give the brute-force intervals, planes and on-fractions of the final default grid."""
-    import hiddenscope_core.writer as writer_mod
-
-    monkeypatch.setattr(writer_mod, "_BUFFER_BYTES", 1024 * 3 * 4)  # flushes of 1024 steps
-    rebuilt: list[int] = []
-    real = writer_mod.DatasetWriter._planes_range
-
-    def spy(self: Any, lw: Any, grid: Any, start: int, stop: int) -> Any:
-        rebuilt.append(start)
-        return real(self, lw, grid, start, stop)
-
-    monkeypatch.setattr(writer_mod.DatasetWriter, "_planes_range", spy)
+    sizes = BuildSizes(buffer_bytes=1024 * 3 * 4)  # flushes of 1024 steps
     T, D = 2000, 3
     rng = np.random.default_rng(5)
     x = rng.uniform(-0.95, 0.95, (T, D)).astype(np.float32)
@@ -632,11 +620,15 @@ def test_default_grid_guessed_from_the_first_rows(
     x[1500:1510, 1] = 0.999  # the range grows after the first flush (the histogram re-bins)
     x[rng.random((T, D)) < 0.02] = np.nan
     starts = [0, 300, 1024]
-    write_dataset(tmp_path, "g", x, transform="none", starts=starts, chunk=100)
+    sources: dict[str, str] = {}
+    write_dataset(
+        tmp_path, "g", x, transform="none", starts=starts, chunk=100, sizes=sizes,
+        index_sources=sources,
+    )  # fmt: skip
     ds = Catalog(tmp_path).get("g")
     grid = ds.thresholds("l1")
     assert grid == default_grid(float(np.nanmin(x)), float(np.nanmax(x)))
-    assert bool(rebuilt) == (later_range == "other_grid")
+    assert sources == {"l1": "values.bin" if later_range == "other_grid" else "fused"}
     planes = ds.planes("l1")
     for g, theta in enumerate(grid):
         for c in range(D):

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hiddenscope_core import summary
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.errors import InvalidQuery, NotFound
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.reader import Dataset, open_dataset
 from hiddenscope_core.summary import bin_edges, on_count_summary
-from hiddenscope_core.writer import DatasetWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

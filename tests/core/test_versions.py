@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.errors import Conflict, InvalidData, NotFound
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.reader import Catalog, open_dataset
@@ -19,7 +20,6 @@ from hiddenscope_core.versions import (
     collect_superseded,
     current_id,
 )
-from hiddenscope_core.writer import DatasetWriter
 
 T, D = 700, 6
 VOCAB = ["a", "b", "c", "d"]

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery, SelectQuery, TrackInfo
 from hiddenscope_core.reader import Dataset, open_dataset
 from hiddenscope_core.select import select_cells
-from hiddenscope_core.writer import DatasetWriter
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "data"
 LAYERS = ["cell_l1", "hidden_l1", "cell_l2", "hidden_l2"]

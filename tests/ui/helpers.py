@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import TrackInfo
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_service.processes import ManagedProcess
 from hiddenscope_service.testing import RedisServer, start_celery_worker, start_uvicorn
 from streamlit.testing.v1 import AppTest

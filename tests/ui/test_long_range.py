@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 from hiddenscope_client import BadRequest, HiddenScopeClient
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.reader import Catalog
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_ui import api
 from streamlit.testing.v1 import AppTest
 

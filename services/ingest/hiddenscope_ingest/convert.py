@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from hiddenscope_core.build import DatasetWriter, TrackWriter
 from hiddenscope_core.models import DatasetManifest, TrackInfo
-from hiddenscope_core.writer import DatasetWriter, TrackWriter
 
 from hiddenscope_ingest.errors import InvalidData
 from hiddenscope_ingest.loaders.base import ArraySource, iter_chunks, rows_per_chunk

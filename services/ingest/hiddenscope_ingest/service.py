@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hiddenscope_core.build import remove_build_dir
 from hiddenscope_core.errors import Conflict, HiddenScopeError
 from hiddenscope_core.models import DatasetManifest
-from hiddenscope_core.writer import remove_build_dir
 from hiddenscope_service.jobs import Job, JobStore, body_hash
 from hiddenscope_service.problems import ProblemError, problem_from_exception
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.errors import HiddenScopeError, NotFound
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.problems import problem_from_exception
 

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from hiddenscope_core.errors import Conflict, NotFound
+from hiddenscope_core.layout import Layout
 from hiddenscope_core.models import DatasetManifest, TrackInfo
 from hiddenscope_core.reader import Dataset, open_dataset
-from hiddenscope_core.versions import VERSIONS_DIR, VersionWriter, current_id, resolve_current
+from hiddenscope_core.versions import VersionWriter, current_id, resolve_current
 from hiddenscope_service.jobs import Job, JobStore, body_hash
 from hiddenscope_service.problems import ProblemError
 
@@ -398,7 +399,7 @@ def _published(data_root: Path, version_id: str) -> DatasetManifest | None:
         return None
     if current_id(data_root, m.name) == version_id:
         return m
-    if (data_root / VERSIONS_DIR / "superseded" / version_id).exists():
+    if Layout(data_root).superseded_marker(version_id).exists():
         return m
     return None
 

@@ -485,7 +485,7 @@ def test_the_reconciler_collects_superseded_versions_after_the_grace_period(
         superseded_grace_seconds=3600,
     )
     store = JobStore.from_url(settings.redis_url, prefix="hiddenscope:ingest-gc-test")
-    from hiddenscope_core.writer import DatasetWriter
+    from hiddenscope_core.build import DatasetWriter
 
     w = DatasetWriter.create(settings.data_root, "gc", n_steps=50)
     w.add_layer("l", n_cells=2).write(states(50, 2))
@@ -524,7 +524,7 @@ def test_a_redelivered_track_job_publishes_once(ingest_stack: IngestStack, tmp_p
         lease_seconds=5,
     )
     store = JobStore.from_url(settings.redis_url, prefix="hiddenscope:ingest-redeliver-test")
-    from hiddenscope_core.writer import DatasetWriter
+    from hiddenscope_core.build import DatasetWriter
     from hiddenscope_ingest.manifest import TracksManifest
     from hiddenscope_ingest.service import JOB_KIND, run_conversion, work_dir_of
     from hiddenscope_ingest.versions import attempt_tracks

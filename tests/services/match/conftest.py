@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import TrackInfo
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_service.testing import RedisServer, start_uvicorn
 
 from tests.core.datagen import DataSpec, random_dataspec, write_dataset

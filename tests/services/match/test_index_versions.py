@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.reader import Catalog
 from hiddenscope_core.versions import add_tracks
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_match.search_index import INDEX_DIR, build_index, open_index, phrase_ids
 
 

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.models import TrackInfo
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_match.app import create_app
 from hiddenscope_match.settings import MatchSettings
 from hiddenscope_service.testing import RedisServer

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.reader import Catalog
 from hiddenscope_core.transforms import transform_values
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_match.app import create_app
 from hiddenscope_match.search_index import INDEX_DIR, build_index, clean_caches
 from hiddenscope_match.settings import MatchSettings

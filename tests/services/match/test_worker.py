@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hiddenscope_core.build import DatasetWriter
 from hiddenscope_core.match import match, match_shard
 from hiddenscope_core.models import MatchQuery, MatchResult
 from hiddenscope_core.reader import Catalog
-from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_match.browse import Browse
 from hiddenscope_match.datasets import Datasets
 from hiddenscope_match.matches import MatchJobs, shard_floor, shard_parts

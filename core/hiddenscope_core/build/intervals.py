@@ -1,9 +1,14 @@
-"""The on-interval phase of the index build: runs extracted from the planes and written as
-Parquet in one pass.
+"""The on-interval phase of the index build: runs extracted from a layer's planes and written
+as Parquet in one pass.
 
-``write_layer_intervals(planes, counts, seq_starts, n_steps, directory)`` writes the same table
-as the former path (``writer._emit_units`` into batches of 12-byte rows, encoded by
-``parquet_intervals.IntervalParquetWriter`` on a second thread): rows sorted by
+Why this lives in ``build/`` and not in ``parquet/``: it is a phase of the index build - its
+inputs are the build's planes, run counts and sequence starts, and what it does is extract
+runs - and it takes its Parquet side from ``parquet`` through public names only (the page
+kernels of ``parquet.delta``, the footer of ``parquet.intervals``), fusing the two so that no
+batch of rows exists between them. ``parquet`` knows nothing of planes or runs.
+
+``write_layer_intervals(planes, counts, seq_starts, n_steps, directory)`` writes the table that
+``parquet.intervals.IntervalParquetWriter`` writes for the same rows: rows sorted by
 (``threshold_index``, ``cell``, ``start``), ``end`` exclusive, a run open at the last step
 ending at ``T``, runs cut at sequence starts; row groups of ``ROW_GROUP_ROWS`` rows, part files
 ``part-00000.parquet``... of ``PART_ROWS`` rows (every part file but the last is full; a layer
@@ -13,13 +18,15 @@ without runs gets one empty file). Column chunks are byte for byte what
 How it saves CPU. Measured (2-vCPU Xeon VM, noisy: +-15% run to run; synthetic 64-cell
 states at 9 thresholds with 23 runs a step, ``PYTHONPATH=. uv run --frozen --all-extras python
 -m bench.interval_build_bench --steps 10000000 --repeats 5``, median): 0.81 CPU-s (user + sys,
-all threads) for the 2.33e8 intervals of 1e7 steps against 3.05 for the former path (3.8x;
+all threads) for the 2.33e8 intervals of 1e7 steps against 3.05 for the former path (runs
+extracted into batches of 12-byte rows by a ``parallel=True`` kernel, encoded by
+``IntervalParquetWriter`` on a second thread; 3.8x:
 ~290 against ~75 M intervals a CPU-second); wall 0.84 s against 1.9-3.0.
 
 * **Fused, single-threaded.** One numba kernel extracts a page (``PAGE_ROWS = 2**15`` rows) of
   starts and ends into two buffers that stay in L2 and DELTA-encodes them at once, so the 8
   bytes a row of positions never go to DRAM, and no batch is handed over. (The former
-  ``_emit_units`` is ``parallel=True``: its second thread bought no wall time beside the Parquet
+  extraction kernel was ``parallel=True``: its second thread bought no wall time beside the Parquet
   thread and cost ~0.6 CPU-s; with ``NUMBA_NUM_THREADS=1`` it took 2.8 CPU-s, same wall.)
 * **Branch-light extraction.** Starts (``w & ~prev``) and ends (``prev & ~w``) of a word are
   two independent bit streams; run ``k`` is the ``k``-th start and the ``k``-th end (they
@@ -32,7 +39,7 @@ all threads) for the 2.33e8 intervals of 1e7 steps against 3.05 for the former p
 * **No ``threshold_index``/``cell`` arrays.** A (threshold, cell) unit's rows are known from
   ``counts`` (the plane pass's run-start counts), so those two column chunks are encoded from
   the unit sizes: a page inside one unit is a constant page written without reading any value
-  (``parquet_intervals._const_page``), only the few pages that straddle units are materialised.
+  (``parquet.delta.const_page``), only the few pages that straddle units are materialised.
   ``counts`` are checked against the extraction (a mismatch raises).
 * **``O_DIRECT`` writes** (``direct_io.DirectFile``; the build never reads these files back)
   from a background thread, so no page-cache copies (0.04-0.06 CPU-s less kernel time on
@@ -70,20 +77,15 @@ from numba.extending import intrinsic
 
 from hiddenscope_core import bits
 from hiddenscope_core.direct_io import ALIGN, POOL, DirectFile
-from hiddenscope_core.parquet_intervals import (
-    _MAGIC,
-    PAGE_ROWS,
-    ChunkMeta,
-    _const_page,
-    _encode_page,
-    footer_bytes,
-    worst_case_bytes,
-)
+from hiddenscope_core.parquet.delta import PAGE_ROWS, const_page, encode_page, worst_case_bytes
+from hiddenscope_core.parquet.intervals import ChunkMeta, footer_bytes
+from hiddenscope_core.parquet.thrift import MAGIC
 
 ROW_GROUP_ROWS = 1 << 20
-"""Rows per row group of the interval files (``writer.INTERVAL_ROW_GROUP`` is this)."""
+"""Rows per row group of the interval files (``BuildSizes.interval_row_group``'s default)."""
 PART_ROWS = 1 << 26
-"""Rows per part file (the writer's default); a multiple of ``ROW_GROUP_ROWS``."""
+"""Rows per part file (``BuildSizes.interval_part_rows``'s default); a multiple of
+``ROW_GROUP_ROWS``."""
 RELEASE_ROWS = 1 << 22
 """Rows between two calls of the ``release`` callback."""
 
@@ -314,7 +316,7 @@ def _id_chunk(
         ub = np.searchsorted(cum, rb - 1, side="right") - 1
         if ua == ub:
             v = int(vals[ua])
-            p = _const_page(v, n, False, out, p)
+            p = const_page(v, n, False, out, p)
             plo = v
             phi = v
         else:
@@ -322,7 +324,7 @@ def _id_chunk(
                 x0 = max(cum[u], ra) - ra
                 x1 = min(cum[u + 1], rb) - ra
                 sc[x0:x1] = vals[u]
-            p, plo, phi = _encode_page(sc[:n], out, p, d, du, bmin, bw)
+            p, plo, phi = encode_page(sc[:n], out, p, d, du, bmin, bw)
         lo = plo if pages == 0 else min(lo, plo)
         hi = phi if pages == 0 else max(hi, phi)
         pages += 1
@@ -364,8 +366,8 @@ def _row_group(
             if st[_S_ERROR] == 0:
                 st[_S_ERROR] = -1  # fewer runs than counted
             return -1
-        p, plo, phi = _encode_page(sbuf[:n], out, p, dpos, dupos, bmin, bw)
-        pe, plo_e, phi_e = _encode_page(ebuf[:n], eb, pe, dpos, dupos, bmin, bw)
+        p, plo, phi = encode_page(sbuf[:n], out, p, dpos, dupos, bmin, bw)
+        pe, plo_e, phi_e = encode_page(ebuf[:n], eb, pe, dpos, dupos, bmin, bw)
         lo = plo if pages == 0 else min(lo, plo)
         hi = phi if pages == 0 else max(hi, phi)
         elo = plo_e if pages == 0 else min(elo, plo_e)
@@ -440,7 +442,8 @@ def count_starts(
     chunk_log2: int = 24,
 ) -> npt.NDArray[np.int64]:
     """Run starts per (threshold, cell, chunk of ``2**chunk_log2`` steps), ``(G, D, K)``: what
-    the plane pass (``writer.LayerWriter._planes_range``) counts. For tests and benchmarks."""
+    the plane pass of the index build counts (``index.IndexBuild.planes_range`` and
+    ``fused.FusedIndex``). For tests and benchmarks."""
     if chunk_log2 < 6:
         raise ValueError("chunk_log2 must be >= 6")
     g_n, d, _ = planes.shape
@@ -526,7 +529,7 @@ class _Files:
         self._written = 0
         self._row_groups = []
         self._rows = 0
-        self._tail = np.frombuffer(_MAGIC, np.uint8).copy()
+        self._tail = np.frombuffer(MAGIC, np.uint8).copy()
 
     def take(self) -> tuple[int, npt.NDArray[np.uint8], int]:
         """A free buffer (waits while all are in use) with the current tail at its start:
@@ -565,7 +568,7 @@ class _Files:
             return
         self._file = None
         footer = footer_bytes(self.wide, self._rows, self._row_groups)
-        last = b"".join([self._tail.tobytes(), footer, len(footer).to_bytes(4, "little"), _MAGIC])
+        last = b"".join([self._tail.tobytes(), footer, len(footer).to_bytes(4, "little"), MAGIC])
         at = self._written
         self.bytes += at + len(last)
 
@@ -619,7 +622,8 @@ def write_layer_intervals(
     vbmi2: bool | None = None,
 ) -> IntervalStats:
     """Write the on-intervals of a layer as Parquet part files ``part-00000.parquet``... in
-    ``directory`` (created if missing): what ``DatasetWriter._write_intervals`` writes.
+    ``directory`` (created if missing): what the index build writes for each layer
+    (``index.IndexBuild.write_intervals``).
 
     Args:
         planes: ``(G, D, W)`` uint64 on-planes, ``W = ceil(n_steps / 64)``: bit ``t & 63`` of

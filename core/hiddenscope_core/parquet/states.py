@@ -62,9 +62,18 @@ import numpy as np
 import numpy.typing as npt
 
 from hiddenscope_core.direct_io import ALIGN, POOL, DirectFile, aligned_empty
-from hiddenscope_core.parquet_intervals import _Compact
+from hiddenscope_core.parquet.thrift import (
+    CREATED_BY,
+    DATA_PAGE,
+    FIXED_LEN_BYTE_ARRAY,
+    MAGIC,
+    PLAIN,
+    REQUIRED,
+    RLE,
+    UNCOMPRESSED,
+    CompactWriter,
+)
 
-CREATED_BY = "hiddenscope"
 COLUMN = "v"
 MIN_ALIGNED_BYTES = 16 * ALIGN
 """Smallest full row group (bytes) written in the aligned layout (the padding block then costs
@@ -72,32 +81,26 @@ at most 1/16 of the data)."""
 MAX_PAGE_BYTES = (1 << 31) - 1 - 4096
 """A page's size is a thrift i32: the largest row group (``row_group_rows * row_bytes``)."""
 
-_MAGIC = b"PAR1"
-_STAGE_BYTES = 4 << 20
+STAGE_BYTES = 4 << 20
+"""Bytes of the aligned staging buffer (headers, padding, unaligned rows)."""
 _IOV_MAX = 1024
 with contextlib.suppress(AttributeError, ValueError, OSError):
     _IOV_MAX = max(16, min(_IOV_MAX, os.sysconf("SC_IOV_MAX")))
-_IOV_LIMIT = _IOV_MAX - 2  # buffers queued before a pwritev
-
-# Parquet enums (parquet.thrift)
-_FIXED_LEN_BYTE_ARRAY = 7  # Type
-_REQUIRED = 0  # FieldRepetitionType
-_UNCOMPRESSED = 0  # CompressionCodec
-_PLAIN, _RLE = 0, 3  # Encoding
-_DATA_PAGE = 0  # PageType
+IOV_LIMIT = _IOV_MAX - 2
+"""Buffers queued before a ``pwritev`` (below the system's ``IOV_MAX``)."""
 
 
 def _page_header(rows: int, size: int) -> bytes:
     """PageHeader{type DATA_PAGE, sizes, DataPageHeader{num_values, PLAIN, RLE, RLE}}."""
-    t = _Compact()
-    t.integer(1, _DATA_PAGE)
+    t = CompactWriter()
+    t.integer(1, DATA_PAGE)
     t.integer(2, size)  # uncompressed_page_size
     t.integer(3, size)  # compressed_page_size
     t.begin(5)  # data_page_header
     t.integer(1, rows)  # num_values
-    t.integer(2, _PLAIN)  # encoding
-    t.integer(3, _RLE)  # definition_level_encoding
-    t.integer(4, _RLE)  # repetition_level_encoding
+    t.integer(2, PLAIN)  # encoding
+    t.integer(3, RLE)  # definition_level_encoding
+    t.integer(4, RLE)  # repetition_level_encoding
     t.end()
     t.end()
     return bytes(t.buf)
@@ -118,19 +121,19 @@ def _row_group_template(column: str, rows: int, size: int) -> tuple[bytes, bytes
     """A RowGroup struct (a list element) of one column chunk of ``rows`` rows and ``size``
     bytes, cut around its two offsets (``ColumnMetaData.data_page_offset`` and
     ``RowGroup.file_offset``): the struct is ``a + varint(off) + b + varint(off) + c``."""
-    t = _Compact()
+    t = CompactWriter()
     t.begin()  # RowGroup
     t.list(1, t.STRUCT, 1)  # columns
     t.begin()  # ColumnChunk
     t.integer(2, 0, t.I64)  # file_offset (deprecated; arrow writes 0)
     t.begin(3)  # ColumnMetaData
-    t.integer(1, _FIXED_LEN_BYTE_ARRAY)
+    t.integer(1, FIXED_LEN_BYTE_ARRAY)
     t.list(2, t.I32, 2)  # encodings, as arrow lists them
-    t.element(_RLE)
-    t.element(_PLAIN)
+    t.element(RLE)
+    t.element(PLAIN)
     t.list(3, t.BINARY, 1)  # path_in_schema
     t.binary(None, column)
-    t.integer(4, _UNCOMPRESSED)
+    t.integer(4, UNCOMPRESSED)
     t.integer(5, rows, t.I64)  # num_values
     t.integer(6, size, t.I64)  # total_uncompressed_size
     t.integer(7, size, t.I64)  # total_compressed_size
@@ -138,8 +141,8 @@ def _row_group_template(column: str, rows: int, size: int) -> tuple[bytes, bytes
     i = len(t.buf) - 1
     t.list(13, t.STRUCT, 1)  # encoding_stats
     t.begin()
-    t.integer(1, _DATA_PAGE)
-    t.integer(2, _PLAIN)
+    t.integer(1, DATA_PAGE)
+    t.integer(2, PLAIN)
     t.integer(3, 1)  # count
     t.end()
     t.end()  # ColumnMetaData
@@ -163,7 +166,9 @@ class StatesParquetWriter:
     As a context manager: ``close()`` on a clean exit, ``abort()`` after an exception.
 
     ``metadata`` is the schema's key/value metadata (arrow's ``schema.metadata``).
-    ``min_aligned_bytes`` (default ``MIN_ALIGNED_BYTES``) exists for tests. ``bytes_written``
+    ``min_aligned_bytes`` (default ``MIN_ALIGNED_BYTES``), ``stage_bytes`` (the staging
+    buffer, a multiple of ``ALIGN``; default ``STAGE_BYTES``) and ``iov_limit`` (buffers per
+    ``pwritev``; default ``IOV_LIMIT``) exist for tests. ``bytes_written``
     is the file's size so far (its final size after ``close``), ``direct_bytes`` the part
     written with ``O_DIRECT``, ``num_rows`` the rows received.
     """
@@ -178,6 +183,8 @@ class StatesParquetWriter:
         column: str = COLUMN,
         created_by: str = CREATED_BY,
         min_aligned_bytes: int = MIN_ALIGNED_BYTES,
+        stage_bytes: int = STAGE_BYTES,
+        iov_limit: int = IOV_LIMIT,
     ) -> None:
         row_bytes, row_group_rows = int(row_bytes), int(row_group_rows)
         if row_bytes < 1 or row_group_rows < 1:
@@ -209,13 +216,14 @@ class StatesParquetWriter:
         # write position at stage[_s1]; the queue holds buffers (stage slices, caller memory)
         # for the file range [_q_off, _seg_file), to be written with one pwritev. With O_DIRECT
         # _s0 and _seg_file are multiples of ALIGN and only whole blocks get queued.
-        self._stage = POOL.take(_STAGE_BYTES, np.uint8)
+        self._stage = POOL.take(stage_bytes, np.uint8)
+        self._iov_limit = iov_limit
         self._s0 = 0
         self._s1 = 0
         self._seg_file = 0
         self._queue: list[memoryview] = []  # of 1-d uint8 arrays
         self._q_off = 0
-        self._copy(np.frombuffer(_MAGIC, np.uint8))
+        self._copy(np.frombuffer(MAGIC, np.uint8))
 
     # ------------------------------------------------------------------------------- API
 
@@ -321,7 +329,7 @@ class StatesParquetWriter:
             footer = self._footer()
             off = self._seg_file
             blob = bytes(self._stage[self._s0 : self._s1]) + footer
-            blob += struct.pack("<I", len(footer)) + _MAGIC
+            blob += struct.pack("<I", len(footer)) + MAGIC
             self._write_buffered(blob, off)
             self._s0 = self._s1 = 0
             self._seg_file = end = off + len(blob)
@@ -388,13 +396,13 @@ class StatesParquetWriter:
         mv = data.data
         j = 0
         while j < k:
-            if self._queue and len(self._queue) + 2 > _IOV_LIMIT:
+            if self._queue and len(self._queue) + 2 > self._iov_limit:
                 self._flush()
             room = (self._stage.size - self._s1) // ALIGN
             if room == 0:
                 self._make_room()
                 continue
-            g = min(k - j, room, max(1, (_IOV_LIMIT - len(self._queue)) // 2))
+            g = min(k - j, room, max(1, (self._iov_limit - len(self._queue)) // 2))
             a = self._s1
             blocks = self._stage[a : a + g * ALIGN].reshape(g, ALIGN)
             blocks[:, : ALIGN - h] = 0
@@ -410,7 +418,7 @@ class StatesParquetWriter:
             self._s1 = self._s0 = a + g * ALIGN
             self._seg_file = pos + g * stride
             j += g
-        if len(self._queue) >= _IOV_LIMIT:
+        if len(self._queue) >= self._iov_limit:
             self._flush()
 
     def _zeros(self, n: int) -> None:
@@ -465,7 +473,7 @@ class StatesParquetWriter:
 
     def _push(self, buf: npt.NDArray[np.uint8]) -> None:
         self._queue.append(buf.data)
-        if len(self._queue) >= _IOV_LIMIT:
+        if len(self._queue) >= self._iov_limit:
             self._flush()
 
     def _make_room(self) -> None:
@@ -524,18 +532,18 @@ class StatesParquetWriter:
 
     def _footer(self) -> bytes:
         """FileMetaData (thrift compact), laid out as arrow lays it out."""
-        t = _Compact()
+        t = CompactWriter()
         t.integer(1, 2)  # version
         t.list(2, t.STRUCT, 2)  # schema: the root and the column
         t.begin()
-        t.integer(3, _REQUIRED)
+        t.integer(3, REQUIRED)
         t.binary(4, "schema")
         t.integer(5, 1)  # num_children
         t.end()
         t.begin()
-        t.integer(1, _FIXED_LEN_BYTE_ARRAY)
+        t.integer(1, FIXED_LEN_BYTE_ARRAY)
         t.integer(2, self.row_bytes)  # type_length
-        t.integer(3, _REQUIRED)
+        t.integer(3, REQUIRED)
         t.binary(4, self.column)
         t.end()
         t.integer(3, self.num_rows, t.I64)
