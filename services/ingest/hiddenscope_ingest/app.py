@@ -17,9 +17,10 @@ from hiddenscope_service.problems import Problem, install_problem_handlers
 
 from hiddenscope_ingest.reconcile import reconcile
 from hiddenscope_ingest.routes import PathIngestRequest, router
-from hiddenscope_ingest.service import TASK_NAME, IngestService
 from hiddenscope_ingest.settings import IngestSettings, get_settings
-from hiddenscope_ingest.versions import TRACKS_TASK_NAME, VersionsService
+from hiddenscope_ingest.submission import IngestService
+from hiddenscope_ingest.tasknames import TASK_NAME, TRACKS_TASK_NAME
+from hiddenscope_ingest.track_submission import VersionsService
 from hiddenscope_ingest.versions_routes import PathTracksRequest
 from hiddenscope_ingest.versions_routes import router as versions_router
 
@@ -83,7 +84,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         celery.send_task(TRACKS_TASK_NAME, args=[job_id], queue=settings.queue)
 
     app.state.service = IngestService(settings=settings, store=store, enqueue=enqueue)
-    app.state.versions = VersionsService(app.state.service, enqueue_tracks)
+    app.state.versions = VersionsService(settings=settings, store=store, enqueue=enqueue_tracks)
     app.include_router(router)
     app.include_router(versions_router)
 

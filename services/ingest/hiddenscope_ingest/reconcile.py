@@ -41,11 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hiddenscope_core.layout import WORK_SUFFIX
 from hiddenscope_core.versions import collect_superseded
+from hiddenscope_service.celery_app import make_celery
 from hiddenscope_service.jobs import JobStore
 
-from hiddenscope_ingest.service import JOB_KIND, TASK_NAME
-from hiddenscope_ingest.settings import IngestSettings
+from hiddenscope_ingest.settings import IngestSettings, get_settings
+from hiddenscope_ingest.tasknames import JOB_KIND, TASK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,8 @@ def _pass(
 
     # 2. staging directories of dead attempts
     wall = time.time()
-    staging = settings.data_root / "staging"
+    layout = settings.layout
+    staging = layout.staging_dir
     if staging.is_dir():
         for entry in sorted(staging.iterdir()):
             if entry.name in live_staging:
@@ -157,7 +160,7 @@ def _pass(
                 shutil.rmtree(entry, ignore_errors=True)
 
     # builds an abort could not remove at once (a writer was still busy in them)
-    trash = settings.data_root / "trash"
+    trash = layout.trash_dir
     if trash.is_dir():
         for entry in sorted(trash.iterdir()):
             if wall - newest_mtime(entry) < settings.leftover_after_seconds:
@@ -167,10 +170,10 @@ def _pass(
                 shutil.rmtree(entry, ignore_errors=True)
 
     # 3. uploads and work directories of finished or forgotten jobs
-    uploads = settings.uploads_path
+    uploads = layout.uploads_dir
     if uploads.is_dir():
         for entry in sorted(uploads.iterdir()):
-            job_id = entry.name.removesuffix(".work")
+            job_id = entry.name.removesuffix(WORK_SUFFIX)
             if job_id in live_jobs:
                 continue
             if wall - newest_mtime(entry) < settings.leftover_after_seconds:
@@ -186,14 +189,12 @@ def _pass(
 
     # 4. superseded dataset versions, after their grace period
     report.removed_versions = collect_superseded(
-        settings.data_root, settings.superseded_grace_seconds, dry_run=dry_run
+        layout.root, settings.superseded_grace_seconds, dry_run=dry_run
     )
 
 
 def make_enqueue(settings: IngestSettings) -> Callable[[str], None]:
     """``enqueue(job_id)`` sending ``ingest.convert`` to the ingest queue (for the CLI)."""
-    from hiddenscope_service.celery_app import make_celery
-
     celery = make_celery(
         "hiddenscope_ingest_reconcile",
         broker_url=settings.celery_broker_url,
@@ -212,8 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="One reconciliation pass of the ingest service")
     ap.add_argument("--dry-run", action="store_true", help="report, change nothing")
     args = ap.parse_args(argv)
-    from hiddenscope_ingest.settings import get_settings
-
     settings = get_settings()
     store = JobStore.from_url(
         settings.redis_url, prefix="hiddenscope:ingest", ttl_seconds=settings.job_ttl_seconds,

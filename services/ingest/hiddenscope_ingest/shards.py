@@ -30,14 +30,13 @@ from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.problems import problem_from_exception
 
+from hiddenscope_ingest.attempt import ShardFailed
 from hiddenscope_ingest.convert import LayerTask, Work, shard_work
 from hiddenscope_ingest.manifest import IngestManifest
 from hiddenscope_ingest.plan import Plan, build_plan
 from hiddenscope_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
-
-HELPER_TASK_NAME = "ingest.convert_shards"
 
 _CLAIM = """
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
@@ -73,15 +72,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 """
-
-
-class ShardFailed(HiddenScopeError):
-    """A helper's task failed; carries the problem it posted (status, title, detail)."""
-
-    def __init__(self, problem: dict[str, Any]) -> None:
-        super().__init__(str(problem.get("detail", "a shard of the conversion failed")))
-        self.status = int(problem.get("status", 500))
-        self.problem = problem
 
 
 class ShardBoard:
@@ -254,7 +244,7 @@ def run_helper(
                         tasks = [(lp.spec.name, k) for lp in plan.layers for k in range(n_shards)]
                     shard_work(plan, writer, phase, tasks[i], settings.chunk_bytes)
             except Exception as exc:
-                if not (settings.data_root / "staging" / build_id).exists():
+                if not settings.layout.staging(build_id).exists():
                     return ran  # the build was aborted or superseded meanwhile
                 if isinstance(exc, NotFound | FileNotFoundError):
                     raise
@@ -275,11 +265,9 @@ def run_helper(
 def _helper_plan(job_id: str, settings: IngestSettings, store: JobStore) -> Plan:
     """The job's plan as a helper needs it: the layer sources, opened from the job's files
     (the archive the job's worker extracted, if the upload was one)."""
-    from hiddenscope_ingest.service import limits_of, work_dir_of  # (service imports this)
-
     job = store.get(job_id)
     manifest = IngestManifest.model_validate(job.payload["manifest"])
     root = Path(job.payload["source_dir"])
     if manifest.archive is not None:
-        root = work_dir_of(settings, job_id) / "extracted"
-    return build_plan(manifest, root, limits_of(settings))
+        root = settings.layout.work(job_id) / "extracted"
+    return build_plan(manifest, root, settings.limits)

@@ -1,5 +1,6 @@
 """Celery tasks of the ingest service (queue ``ingest``): thin wrappers around
-:func:`hiddenscope_ingest.service.run_conversion`. Payloads carry the job id only.
+:func:`hiddenscope_ingest.worker.run_conversion` and :func:`hiddenscope_ingest.shards.run_helper`.
+Payloads carry the job id only.
 
 Run a worker with ``celery -A hiddenscope_ingest.tasks:celery_app worker -Q ingest``.
 """
@@ -15,10 +16,18 @@ from celery import Celery, Task
 from celery.signals import worker_process_init
 from hiddenscope_service.jobs import JobStore
 
-from hiddenscope_ingest.service import RECONCILE_TASK_NAME, TASK_NAME, JobBusy, run_conversion
+from hiddenscope_ingest.attempt import JobBusy
+from hiddenscope_ingest.reconcile import reconcile
+from hiddenscope_ingest.rlimits import limit_data
 from hiddenscope_ingest.settings import get_settings
-from hiddenscope_ingest.shards import HELPER_TASK_NAME, run_helper
-from hiddenscope_ingest.versions import TRACKS_TASK_NAME
+from hiddenscope_ingest.shards import run_helper
+from hiddenscope_ingest.tasknames import (
+    HELPER_TASK_NAME,
+    RECONCILE_TASK_NAME,
+    TASK_NAME,
+    TRACKS_TASK_NAME,
+)
+from hiddenscope_ingest.worker import run_conversion
 
 celery_app = Celery("hiddenscope_ingest", set_as_current=False)
 celery_app.config_from_object("hiddenscope_ingest.celeryconfig")  # lazy: read on first use
@@ -29,8 +38,6 @@ def _limit_pool_process(**_: Any) -> None:
     """Cap each pool process's heap when ``worker_max_data_bytes`` is set (see ``sandbox``)."""
     limit = get_settings().worker_max_data_bytes
     if limit:
-        from hiddenscope_ingest.sandbox import limit_data
-
         limit_data(limit)
 
 
@@ -72,8 +79,6 @@ def convert_shards_task(self: Task[Any, Any], job_id: str, build_id: str, phase:
 @celery_app.task(name=RECONCILE_TASK_NAME)
 def reconcile_task(dry_run: bool = False) -> dict[str, object]:
     """One reconciliation pass (:mod:`hiddenscope_ingest.reconcile`)."""
-    from hiddenscope_ingest.reconcile import reconcile
-
     settings = get_settings()
     queue = settings.queue
 
@@ -87,7 +92,8 @@ def reconcile_task(dry_run: bool = False) -> dict[str, object]:
                  max_retries=None)  # fmt: skip
 def tracks_task(self: Task[Any, Any], job_id: str) -> str:
     """Add or remove tracks of a published dataset: a new version (a job with ``op: tracks``,
-    :mod:`hiddenscope_ingest.versions`; idempotent, at-least-once, leased like a conversion)."""
+    :mod:`hiddenscope_ingest.track_attempt`; idempotent, at-least-once, leased like a
+    conversion)."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
     try:
         return run_conversion(job_id, owner, get_settings(), job_store())

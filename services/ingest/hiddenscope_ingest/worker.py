@@ -1,0 +1,190 @@
+"""The worker side of an ingest job: :func:`run_conversion` claims the job's lease, runs one
+attempt (a conversion, or a track change: :mod:`hiddenscope_ingest.track_attempt`) and records
+its outcome. The Celery tasks (:mod:`hiddenscope_ingest.tasks`) are thin wrappers around it.
+
+A conversion attempt is idempotent: it starts from an empty work directory, removes the staging
+directory an earlier attempt left, and recognises a dataset that an earlier attempt already
+published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from hiddenscope_core.writer import remove_build_dir
+from hiddenscope_service.jobs import Job, JobStore
+
+from hiddenscope_ingest.attempt import (
+    JobBusy,
+    Lost,
+    Outcome,
+    dataset_summary,
+    failed_outcome,
+    progress_reporter,
+)
+from hiddenscope_ingest.catalog import DatasetCatalog
+from hiddenscope_ingest.convert import Cancelled, convert
+from hiddenscope_ingest.loaders import resolve_file
+from hiddenscope_ingest.loaders.archives import extract_archive
+from hiddenscope_ingest.manifest import IngestManifest
+from hiddenscope_ingest.plan import build_plan
+from hiddenscope_ingest.settings import IngestSettings
+from hiddenscope_ingest.shards import board_runner
+from hiddenscope_ingest.tasknames import TRACKS_OP
+from hiddenscope_ingest.track_attempt import attempt_tracks
+
+log = logging.getLogger(__name__)
+
+SpawnHelpers = Callable[[str, str, int], None]
+"""``spawn_helpers(build_id, phase, n)``: enqueue ``n`` helper tasks for a phase's shards."""
+
+
+def run_conversion(
+    job_id: str,
+    owner: str,
+    settings: IngestSettings,
+    store: JobStore,
+    spawn_helpers: SpawnHelpers | None = None,
+) -> str:
+    """One attempt at job ``job_id``; returns the job's status afterwards. The layer shards
+    are shared with helper tasks that ``spawn_helpers(build_id, phase, n)`` enqueues
+    (:mod:`hiddenscope_ingest.shards`); without it this worker runs them all.
+
+    Raises :class:`JobBusy` when another live worker holds the job (the task retries later).
+    Every other outcome is recorded in the job store (bad input → ``failed`` with a 4xx problem).
+
+    Order at the end of an attempt: the outcome is noted on the job (``note:outcome``), the work
+    and upload directories are removed, and only then does the job become terminal. So a client
+    that sees a terminal job never sees its upload still on disk (the race the error tests hit
+    when the removal came after the transition), and an attempt that dies between the removal
+    and the transition is finished by the next delivery from the note (its upload is gone).
+    """
+    claim = store.claim(job_id, owner, settings.lease_seconds)
+    if claim.outcome == "busy":
+        raise JobBusy(claim.retry_after)
+    job = store.get(job_id)
+    source_dir = Path(job.payload["source_dir"])
+    owned = bool(job.payload.get("owned"))
+    work = settings.layout.work(job_id)
+    if claim.outcome != "claimed":
+        _cleanup(work, source_dir if owned else None)
+        return claim.status
+    noted = store.get_note(job_id, "outcome")
+    if noted:
+        outcome = Outcome(**json.loads(noted))
+    else:
+        try:
+            with _Heartbeat(store, job_id, owner, settings.lease_seconds):
+                attempt = _attempt_of(job)
+                outcome = attempt(job, owner, settings, store, source_dir, work, spawn_helpers)
+        except Lost:
+            log.warning("job %s: lease lost; another worker took over", job_id)
+            return store.get(job_id).status
+        store.set_note(job_id, "outcome", json.dumps(outcome.__dict__))
+    _cleanup(work, source_dir if owned else None)
+    if not store.finish(job_id, owner, outcome.status, result=outcome.result, error=outcome.error):
+        log.warning("job %s: lease lost before it could be finished", job_id)
+    return store.get(job_id).status
+
+
+class _Heartbeat:
+    """Renews the job's lease every ``lease / 3`` seconds from a thread while the attempt runs,
+    so the lease stays live through long steps without progress reports (the index build in
+    ``publish()``) and expires only when the process dies; the reconciler relies on that."""
+
+    def __init__(self, store: JobStore, job_id: str, owner: str, lease: float) -> None:
+        self.store, self.job_id, self.owner, self.lease = store, job_id, owner, lease
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.lease / 3):
+            try:
+                if self.store.report_progress(self.job_id, self.owner, self.lease) == "lost":
+                    return
+            except Exception:  # Redis briefly unreachable: try again at the next beat
+                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _attempt_of(job: Job) -> Callable[..., Outcome]:
+    """The attempt function of ``job``: a conversion, or a change of a published dataset's
+    tracks (payload ``op: tracks``), so that whichever task delivers the job (``ingest.tracks``,
+    or ``ingest.convert`` from the reconciler) runs it."""
+    if job.payload.get("op") == TRACKS_OP:
+        return attempt_tracks
+    return attempt_conversion
+
+
+def _cleanup(work: Path, upload: Path | None) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    if upload is not None:
+        shutil.rmtree(upload, ignore_errors=True)
+
+
+def attempt_conversion(
+    job: Job,
+    owner: str,
+    settings: IngestSettings,
+    store: JobStore,
+    source_dir: Path,
+    work: Path,
+    spawn_helpers: SpawnHelpers | None = None,
+) -> Outcome:
+    """One attempt at converting a job's upload into a published dataset (called by
+    :func:`run_conversion` under the job's lease)."""
+    job_id = job.id
+    manifest = IngestManifest.model_validate(job.payload["manifest"])
+    layout = settings.layout
+    # an earlier attempt's leftovers: its staging directory, and maybe a finished publication
+    old_staging = store.get_note(job_id, "staging_id")
+    if old_staging:
+        remove_build_dir(layout.root, layout.staging(old_staging))
+    published = DatasetCatalog(layout).find_by_job(manifest.name, job_id)
+    if published is not None:
+        return Outcome("succeeded", result={"dataset": dataset_summary(published)})
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    progress = progress_reporter(store, job_id, owner, settings.lease_seconds)
+
+    try:
+        root = source_dir
+        if manifest.archive is not None:
+            root = work / "extracted"
+            extract_archive(resolve_file(source_dir, manifest.archive), root, settings.limits)
+        progress(0, 0)
+        plan = build_plan(manifest, root, settings.limits, work_dir=work)
+        try:
+            result = convert(
+                plan,
+                layout.root,
+                on_created=lambda w: store.set_note(job_id, "staging_id", w.id),
+                chunk_bytes=settings.chunk_bytes,
+                progress=progress,
+                provenance={"job_id": job_id},
+                shard_steps=settings.shard_steps,
+                part_steps=settings.part_steps,
+                run_shards=board_runner(store, job_id, owner, settings, spawn_helpers),
+            )
+        finally:
+            plan.close()
+    except Cancelled:
+        return Outcome("cancelled")
+    except Lost:
+        raise
+    except Exception as exc:
+        return failed_outcome(exc, job_id, "the conversion", settings.task_time_limit)
+    return Outcome("succeeded", result={"dataset": dataset_summary(result)})
