@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from hiddenscope_core.errors import InvalidQuery
 from hiddenscope_service.celery_app import celery_config, make_celery, redis_eviction_advice
-from hiddenscope_service.job_resource import wait_seconds
+from hiddenscope_service.job_resource import JobResourceBase, job_router, wait_seconds
 from hiddenscope_service.jobs import (
     IdempotencyConflict,
+    Job,
     JobNotFound,
     JobStateConflict,
     JobStore,
@@ -23,6 +26,7 @@ from hiddenscope_service.jobs import (
 from hiddenscope_service.problems import ProblemError, install_problem_handlers
 from hiddenscope_service.settings import ServiceSettings, SettingsError, load_settings
 from hiddenscope_service.testing import RedisServer
+from hiddenscope_service.workflow import JobLease
 from pydantic import BaseModel
 from pydantic_settings import SettingsConfigDict
 
@@ -207,50 +211,6 @@ def test_celery_settings(redis_server: RedisServer) -> None:
         client.config_set("maxmemory-policy", "noeviction")
 
 
-def test_fan_out_parts(store: JobStore) -> None:
-    """begin_part/finish_part: the first part starts the job, re-runs overwrite, progress counts
-    distinct parts, nothing is recorded after the end, and each part has an attempt cap."""
-    job, _ = store.create("fan", {}, progress_total=3)
-    begin = store.begin_part(job.id, 0)
-    assert (begin.outcome, begin.status, begin.attempts) == ("run", "running", 1)
-    running = store.get(job.id)
-    assert running.status == "running"
-    assert running.started_at is not None
-    assert store.finish_part(job.id, 0, "a") == ("running", 1, 3)
-    assert store.begin_part(job.id, 0).attempts == 2  # a redelivery runs again ...
-    assert store.finish_part(job.id, 0, "a2") == ("running", 1, 3)  # ... and overwrites
-    for part in (1, 2):
-        assert store.begin_part(job.id, part).outcome == "run"
-        store.finish_part(job.id, part, str(part))
-    assert store.parts(job.id) == {0: "a2", 1: "1", 2: "2"}
-    assert store.get(job.id).progress.done == 3
-    assert store.transition(job.id, ("running",), "succeeded", result={"ok": True})
-    store.drop_parts(job.id)
-    assert store.begin_part(job.id, 1).outcome == "terminal"
-    assert store.finish_part(job.id, 1, "late")[0] == "succeeded"
-    assert store.parts(job.id) == {}
-
-    # attempt cap per part (max_attempts=2 in this store)
-    job, _ = store.create("fan", {}, progress_total=2)
-    assert store.begin_part(job.id, 0).outcome == "run"
-    assert store.begin_part(job.id, 0).outcome == "run"
-    assert store.begin_part(job.id, 0).outcome == "exhausted"
-    failed = store.get(job.id)
-    assert failed.status == "failed"
-    assert failed.error is not None
-    assert failed.error["title"] == "Too many attempts"
-
-    # cancel: queued → cancelled at once; running → parts see 'cancel' and cancel it
-    job, _ = store.create("fan", {}, progress_total=2)
-    store.begin_part(job.id, 0)
-    store.request_cancel(job.id)
-    assert store.begin_part(job.id, 1).outcome == "cancel"
-    assert store.cancel_now(job.id)
-    assert store.get(job.id).status == "cancelled"
-    with pytest.raises(JobNotFound):
-        store.begin_part("no-such-job", 0)
-
-
 def test_job_ids_name_their_kind(store: JobStore) -> None:
     """``{kind}-{128 random bits}``: the gateway routes ``/v1/jobs/{id}`` by the kind."""
     ids = {new_job_id("match") for _ in range(1000)}
@@ -313,3 +273,86 @@ def test_wrong_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings(Demo)
     why = "HIDDENSCOPE_DEMO_TASK_TIME_LIMIT (100) must be below HIDDENSCOPE_DEMO_VISIBILITY"
     assert why in str(err.value)
+
+
+class _Backend:
+    """A JobBackend over the kit's store (jobs of kind ``k``)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    @property
+    def max_wait_seconds(self) -> float:
+        return 2.0
+
+    def job(self, job_id: str) -> Job:
+        return self.store.get_of_kind(job_id, "k")
+
+    def job_status(self, job_id: str) -> str | None:
+        return self.store.status(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        self.job(job_id)
+        return self.store.request_cancel(job_id)
+
+    def render_job(self, job: Job, view: Any) -> JobResourceBase:
+        return _KResource(**JobResourceBase.common(job), view=view)
+
+
+class _KResource(JobResourceBase):
+    view: Any = None
+
+
+def test_job_router_serves_get_wait_cancel_and_delete(store: JobStore) -> None:
+    backend = _Backend(store)
+
+    def page(page: int = 1) -> int:
+        return page
+
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(
+        job_router(
+            lambda: backend,
+            _KResource,
+            noun="k_job",
+            id_description="a k job id",
+            get_summary="A k job",
+            get_description="the k job resource",
+            cancel_summary="Cancel a k job",
+            view=page,
+        )
+    )
+    client = TestClient(app)
+    job, _ = store.create("k", {})
+    r = client.get(f"/v1/jobs/{job.id}", params={"page": 3})
+    assert r.status_code == 200
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["view"] == 3
+    assert r.json()["links"]["cancel"] == f"/v1/jobs/{job.id}/cancel"
+    lease = JobLease.claim(store, job.id, "w", 30)
+
+    def finish_soon() -> None:
+        time.sleep(0.3)
+        lease.finish("succeeded")
+
+    threading.Thread(target=finish_soon).start()
+    t0 = time.monotonic()
+    r = client.get(f"/v1/jobs/{job.id}", params={"wait": 5})  # capped at 2 s, ends at 0.3 s
+    assert r.json()["status"] == "succeeded"
+    assert time.monotonic() - t0 < 2
+    assert "retry-after" not in r.headers
+    assert client.post(f"/v1/jobs/{job.id}/cancel").status_code == 409
+    other, _ = store.create("k", {})
+    r = client.delete(f"/v1/jobs/{other.id}")
+    assert r.status_code == 202
+    assert r.headers["location"] == f"/v1/jobs/{other.id}"
+    assert r.json()["status"] == "cancelled"
+    assert r.json()["view"] is None  # a cancel's answer has no view
+    assert client.get("/v1/jobs/k-unknownAAAAAAAAAAAAAAAAAA").status_code == 404
+    ops = {op["operationId"] for path in app.openapi()["paths"].values() for op in path.values()}
+    assert ops == {
+        "get_k_job_v1_jobs__job_id__get",
+        "cancel_k_job_v1_jobs__job_id__cancel_post",
+        "delete_k_job_v1_jobs__job_id__delete",
+    }

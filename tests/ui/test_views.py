@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from hiddenscope_match.service import JOB_KIND, JOB_PREFIX
+from hiddenscope_match.matches import JOB_KIND, JOB_PREFIX
 from hiddenscope_service.jobs import JobStore
 from streamlit.testing.v1 import AppTest
 

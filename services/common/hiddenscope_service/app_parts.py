@@ -11,21 +11,22 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from hiddenscope_service.jobs import JobStore
 
-def add_health_route(app: FastAPI, client: redis.Redis) -> None:
+
+def add_health_route(app: FastAPI, store: JobStore) -> None:
     """``GET /healthz``: 200 ``{"status": "ok", "redis": true}`` when Redis answers a ping, else
     503 ``{"status": "degraded", "redis": false, "detail": "cannot reach Redis at host:port
     (…)"}``. The service keeps running and is healthy again as soon as Redis answers (redis-py
     reconnects on the next command)."""
 
-    kwargs = client.connection_pool.connection_kwargs
-    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    where = store.location
 
     @app.get("/healthz", summary="Liveness and Redis reachability", tags=["health"])
     async def healthz() -> JSONResponse:
         def ping() -> str | None:
             try:
-                client.ping()
+                store.ping()
             except redis.RedisError as exc:
                 return f"cannot reach Redis at {where} ({type(exc).__name__}: {exc})"
             return None

@@ -14,14 +14,16 @@
 * Task names are ``<service>.<verb>`` (``ingest.convert``, ``match.run_shard``) and each service
   routes its tasks to a queue of its own name (``ingest``, ``match``).
 
-Nothing here connects at import: build the app in a function (or a cached module attribute
-computed from lazily built settings).
+One factory for every service, API and worker alike: :func:`service_celery` builds the app of a
+service from its settings (read only when the configuration is first needed, so a worker's
+tasks module can create its app at import). Nothing here connects at import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import redis
 from celery import Celery
@@ -75,6 +77,51 @@ def celery_config(
         "worker_send_task_events": False,
         "enable_utc": True,
     }
+
+
+class CelerySettings(Protocol):
+    """What :func:`service_celery` reads of a service's settings (a ``ServiceSettings``
+    subclass with a ``queue``)."""
+
+    @property
+    def celery_broker_url(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def task_time_limit(self) -> int: ...
+
+    @property
+    def visibility_timeout(self) -> int: ...
+
+
+def service_celery_config(settings: CelerySettings) -> dict[str, Any]:
+    """:func:`celery_config` of a service's settings. ``{ENV_PREFIX}UNACKED_RESTORE_INTERVAL``
+    (e.g. ``HIDDENSCOPE_MATCH_UNACKED_RESTORE_INTERVAL``; tests only) shortens the restore
+    sweep of unacknowledged messages."""
+    prefix = str(getattr(settings, "model_config", {}).get("env_prefix", ""))
+    restore = os.environ.get(f"{prefix}UNACKED_RESTORE_INTERVAL".upper())
+    return celery_config(
+        broker_url=settings.celery_broker_url,
+        queue=settings.queue,
+        task_time_limit=settings.task_time_limit,
+        visibility_timeout=settings.visibility_timeout,
+        unacked_restore_interval=float(restore) if restore else None,
+    )
+
+
+def service_celery(
+    name: str, settings: Callable[[], CelerySettings], *, include: Sequence[str] = ()
+) -> Celery:
+    """The Celery app of a service: ``name`` (e.g. ``hiddenscope_match`` for the worker,
+    ``hiddenscope_match_api`` for the API that only sends), configured by
+    :func:`service_celery_config` of ``settings()`` — called lazily, the first time the app's
+    configuration is needed (a worker module can create the app at import without reading the
+    environment)."""
+    app = Celery(name, include=list(include), set_as_current=False)
+    app.add_defaults(lambda: service_celery_config(settings()))
+    return app
 
 
 def make_celery(name: str, *, include: Sequence[str] = (), **config: Any) -> Celery:

@@ -1,26 +1,30 @@
 """The job resource both services serve at ``/v1/jobs/{id}`` (SPEC §4): the common fields, the
-links, the timings and the synchronous wait (``?wait=`` or ``Prefer: wait=``).
+links, the timings, the synchronous wait (``?wait=`` or ``Prefer: wait=``) and the routes.
 
 One resource for both kinds of job: a job id is ``{kind}-{token}``
 (:func:`hiddenscope_service.jobs.new_job_id`), each service answers ``GET /v1/jobs/{id}``,
 ``POST /v1/jobs/{id}/cancel`` and ``DELETE /v1/jobs/{id}`` for its own jobs, and the gateway
 routes ``/v1/jobs/match-*`` to the match service and every other job id to the ingest service.
-A service's resource subclasses :class:`JobResourceBase` with its own ``result``.
+A service's resource subclasses :class:`JobResourceBase` with its own ``result``; its routes are
+built by :func:`job_router` from a :class:`JobBackend` (what the service knows of its jobs).
 """
 
-from __future__ import annotations
+# no ``from __future__ import annotations``: FastAPI reads the annotations of the endpoints that
+# job_router() defines in its body, and names local to a function do not resolve from strings
 
 import asyncio
 import re
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Protocol
 
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from hiddenscope_service.jobs import TERMINAL, Job, Progress
+from hiddenscope_service.problems import problem_responses
 
 JOBS_PATH = "/v1/jobs"
 
@@ -116,3 +120,115 @@ async def wait_until_terminal(status_of: Callable[[], str | None], seconds: floa
             return
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 0.05)
+
+
+# ------------------------------------------------------------------------------ the routes
+
+
+class JobBackend(Protocol):
+    """What the job routes need of a service (its jobs of one kind)."""
+
+    @property
+    def max_wait_seconds(self) -> float:
+        """The longest synchronous wait a request may ask for."""
+        ...
+
+    def job(self, job_id: str) -> Job:
+        """The service's job ``job_id``; raises ``JobNotFound`` (also for another kind's)."""
+        ...
+
+    def job_status(self, job_id: str) -> str | None:
+        """The job's status alone (``None`` if gone): what a wait polls."""
+        ...
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel the job (``JobStateConflict`` once it has finished); returns it."""
+        ...
+
+    def render_job(self, job: Job, view: Any) -> JobResourceBase:
+        """The job's resource. ``view`` is what the router's ``view`` dependency gave for a
+        ``GET`` (e.g. a result page), ``None`` for the answer to a cancel."""
+        ...
+
+
+def _no_view() -> None:
+    return None
+
+
+def job_router(
+    backend: Callable[[Request], JobBackend],
+    resource: type[JobResourceBase],
+    *,
+    noun: str,
+    id_description: str,
+    get_summary: str,
+    get_description: str,
+    cancel_summary: str,
+    wait_description: str = "wait up to this many seconds for the end (also `Prefer: wait=N`)",
+    view: Callable[..., Any] = _no_view,
+) -> APIRouter:
+    """The job routes of one service under ``/v1``: ``GET /jobs/{job_id}`` (with the wait),
+    ``POST /jobs/{job_id}/cancel`` and ``DELETE /jobs/{job_id}`` (the same as cancel).
+
+    ``backend`` is a FastAPI dependency giving the service's :class:`JobBackend`; ``resource``
+    the response model. ``view`` is a dependency whose parameters become extra query parameters
+    of the ``GET`` (e.g. result paging); its value is handed to ``render_job``. ``noun`` names
+    the endpoints (``get_{noun}``, ``cancel_{noun}``, ``delete_{noun}``: their OpenAPI
+    operation ids) and the texts document them."""
+    router = APIRouter(prefix="/v1")
+    Backend = Annotated[JobBackend, Depends(backend)]
+    JobId = Annotated[str, Path(max_length=200, description=id_description)]
+
+    async def get_job(
+        job_id: JobId,
+        response: Response,
+        service: Backend,
+        wait: Annotated[float | None, Query(ge=0, description=wait_description)] = None,
+        prefer: Annotated[str | None, Header(alias="Prefer", max_length=200)] = None,
+        shown: Annotated[Any, Depends(view)] = None,
+    ) -> JobResourceBase:
+        job = await run_in_threadpool(service.job, job_id)
+        seconds = wait_seconds(wait, prefer, service.max_wait_seconds)
+        if seconds > 0 and not job.terminal:
+            await wait_until_terminal(lambda: service.job_status(job_id), seconds)
+            job = await run_in_threadpool(service.job, job_id)
+        if not job.terminal:
+            response.headers["Retry-After"] = "1"
+        return await run_in_threadpool(service.render_job, job, shown)
+
+    def cancel_job(job_id: JobId, response: Response, service: Backend) -> JobResourceBase:
+        job = service.cancel(job_id)
+        response.headers["Location"] = job_path(job.id)
+        return service.render_job(job, None)
+
+    router.add_api_route(
+        "/jobs/{job_id}",
+        get_job,
+        methods=["GET"],
+        name=f"get_{noun}",
+        response_model=resource,
+        summary=get_summary,
+        description=get_description,
+        responses=problem_responses(404, 422),
+    )
+    router.add_api_route(
+        "/jobs/{job_id}/cancel",
+        cancel_job,
+        methods=["POST"],
+        name=f"cancel_{noun}",
+        status_code=202,
+        response_model=resource,
+        summary=cancel_summary,
+        responses=problem_responses(404, 409),
+    )
+    router.add_api_route(
+        "/jobs/{job_id}",
+        cancel_job,
+        methods=["DELETE"],
+        name=f"delete_{noun}",
+        status_code=202,
+        response_model=resource,
+        summary="Same as POST /v1/jobs/{job_id}/cancel",
+        responses=problem_responses(404, 409),
+    )
+    return router

@@ -18,11 +18,8 @@ Idempotency: :meth:`JobStore.create` takes an optional ``Idempotency-Key`` and a
 request body. The same key with the same body returns the original job; the same key with a
 different body raises :class:`IdempotencyConflict` (answer 422).
 
-Fan-out jobs (one task per part, e.g. the shards of a match) use :meth:`JobStore.begin_part` and
-:meth:`JobStore.finish_part` instead of a claim: parts run concurrently without a lease, each
-part's result is stored under the job (``{prefix}:job:{id}:parts``, overwritten by a re-run), the
-progress is parts done / total, each part has its own attempt cap, and whichever task records the
-last part merges and finishes the job with a compare-and-set.
+Jobs cut into parts (match shards, ingest layer shards), leases with a heartbeat, locks and side
+values are the job workflow's (:mod:`hiddenscope_service.workflow`), built on this store.
 
 Job ids are ``{kind}-{128 random bits}`` (:func:`new_job_id`): unguessable, and the kind prefix
 tells the gateway which service serves ``/v1/jobs/{id}`` without a lookup (:func:`job_kind`).
@@ -46,6 +43,8 @@ from typing import Any, Literal
 import redis
 from hiddenscope_core.errors import HiddenScopeError
 from pydantic import BaseModel, Field
+
+from hiddenscope_service.settings import ServiceSettings
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -113,16 +112,6 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class PartStart:
-    """The answer of :meth:`JobStore.begin_part`: ``outcome`` is ``run``, ``terminal``,
-    ``cancel`` or ``exhausted``; ``attempts`` counts the deliveries of this part."""
-
-    outcome: Literal["run", "terminal", "cancel", "exhausted"]
-    status: str
-    attempts: int = 0
-
-
-@dataclass(frozen=True)
 class UnfinishedJob:
     """What a reconciler needs of a ``queued`` or ``running`` job (times: Redis clock, s)."""
 
@@ -161,7 +150,7 @@ def job_kind(job_id: str) -> str | None:
 
 
 # All times come from the Redis server (TIME) so that every process agrees on one clock.
-_LUA_NOW = """
+LUA_NOW = """
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -171,7 +160,7 @@ end
 # KEYS[1] job key, KEYS[2] idempotency key ('' for none)
 # ARGV[1] idempotency value, ARGV[2] ttl, ARGV[3..] field/value pairs
 _CREATE = (
-    _LUA_NOW
+    LUA_NOW
     + """
 if KEYS[2] ~= '' then
   local existing = redis.call('GET', KEYS[2])
@@ -188,7 +177,7 @@ return ''
 
 # KEYS[1] job; ARGV: owner, lease seconds, max attempts, ttl
 _CLAIM = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', '', '0', '0'} end
@@ -222,7 +211,7 @@ return {'claimed', 'running', tostring(attempts), '0'}
 # KEYS[1] job; ARGV: owner, lease seconds, done, total
 # returns: 'lost' (not ours any more), 'cancel' (cancel requested), 'ok'
 _PROGRESS = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'lost' end
@@ -238,7 +227,7 @@ return 'ok'
 
 # KEYS[1] job; ARGV: to status, owner ('' = any), ttl, n_from, from..., then field/value pairs
 _TRANSITION = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -268,7 +257,7 @@ return 'ok'
 
 # KEYS[1] job; ARGV: ttl, error json for the cancelled-while-queued case
 _CANCEL = (
-    _LUA_NOW
+    LUA_NOW
     + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -284,53 +273,6 @@ if st == 'running' then
   return 'now-cancelling'
 end
 return st
-"""
-)
-
-
-# Fan-out jobs (one task per part, e.g. match shards). KEYS[1] job, KEYS[2] part attempts hash
-# ARGV: part index, max attempts, ttl, exhausted error json
-# returns {outcome, status, attempts}: outcome 'missing' | 'terminal' | 'cancel' | 'exhausted' |
-# 'run'
-_BEGIN_PART = (
-    _LUA_NOW
-    + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing', '', '0'} end
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {'terminal', st, '0'} end
-if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return {'cancel', st, '0'} end
-local attempts = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-local t = tostring(now())
-if attempts > tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', t, 'updated_at', t,
-             'error', ARGV[4], 'owner', '', 'lease_until', '0')
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-  return {'exhausted', 'failed', tostring(attempts)}
-end
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', t, 'updated_at', t)
-  st = 'running'
-end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return {'run', st, tostring(attempts)}
-"""
-)
-
-# KEYS[1] job, KEYS[2] parts hash; ARGV: part index, value, ttl
-# returns {status, done, total}; a finished part of a terminal job is not recorded
-_FINISH_PART = (
-    _LUA_NOW
-    + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing', '0', '0'} end
-local total = redis.call('HGET', KEYS[1], 'progress_total') or '0'
-if st ~= 'running' then return {st, redis.call('HGET', KEYS[1], 'progress_done') or '0', total} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-local done = redis.call('HLEN', KEYS[2])
-redis.call('HSET', KEYS[1], 'progress_done', tostring(done), 'updated_at', tostring(now()))
-return {st, tostring(done), total}
 """
 )
 
@@ -364,12 +306,21 @@ class JobStore:
         self._progress = client.register_script(_PROGRESS)
         self._transition = client.register_script(_TRANSITION)
         self._cancel = client.register_script(_CANCEL)
-        self._begin_part = client.register_script(_BEGIN_PART)
-        self._finish_part = client.register_script(_FINISH_PART)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> JobStore:
         return cls(redis.Redis.from_url(url, decode_responses=True), **kwargs)
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings, prefix: str) -> JobStore:
+        """The store of a service's jobs under ``prefix`` (e.g. ``hiddenscope:match``), with the
+        TTL and attempt cap of its settings (nothing connects until the first command)."""
+        return cls.from_url(
+            settings.redis_url,
+            prefix=prefix,
+            ttl_seconds=settings.job_ttl_seconds,
+            max_attempts=settings.max_attempts,
+        )
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -504,7 +455,7 @@ class JobStore:
         for key in self.client.scan_iter(match=f"{self.prefix}:job:*", count=1000):
             name = str(key)
             if name.count(":") != self.prefix.count(":") + 2:
-                continue  # the parts hashes of fan-out jobs
+                continue  # the part sets of a job (hiddenscope_service.workflow.Parts)
             try:
                 values = self.client.hmget(name, fields)
             except redis.ResponseError:
@@ -535,6 +486,16 @@ class JobStore:
 
     def exists(self, job_id: str) -> bool:
         return int(self.client.exists(self._job_key(job_id))) > 0
+
+    def ping(self) -> None:
+        """Check that Redis answers (raises ``redis.RedisError`` if not): the health check."""
+        self.client.ping()
+
+    @property
+    def location(self) -> str:
+        """Where the store's Redis is (``host:port`` or a socket path), for messages."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        return str(kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}")
 
     # -- worker side ---------------------------------------------------------------------------
 
@@ -623,66 +584,6 @@ class JobStore:
     def fail(self, job_id: str, error: Mapping[str, Any]) -> bool:
         """Fail a job that is not finished yet, whoever holds it (e.g. enqueueing failed)."""
         return self.transition(job_id, ("queued", "running"), "failed", error=error)
-
-    # -- fan-out jobs: one task per part ---------------------------------------------------------
-
-    def _parts_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:parts"
-
-    def _part_attempts_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:part-attempts"
-
-    def begin_part(self, job_id: str, part: int) -> PartStart:
-        """A worker starts part ``part`` of a fan-out job (created with ``progress_total`` =
-        the number of parts). The first part to start moves the job ``queued`` → ``running``.
-
-        ``outcome`` is ``run`` (work on it), ``terminal`` / ``cancel`` (skip it; on ``cancel``
-        call :meth:`cancel_now`), or ``exhausted`` (this part was delivered more than
-        ``max_attempts`` times: the store failed the job). Raises :class:`JobNotFound`.
-
-        Parts carry no lease: a redelivered part simply runs again (parts must be idempotent:
-        :meth:`finish_part` overwrites the part's value)."""
-        exhausted = json.dumps(
-            {
-                "type": "about:blank",
-                "title": "Too many attempts",
-                "status": 500,
-                "detail": f"part {part} of the job was started {self.max_attempts} times "
-                "without finishing (did the worker crash or run out of memory?)",
-            }
-        )
-        outcome, status, attempts = self._begin_part(
-            keys=[self._job_key(job_id), self._part_attempts_key(job_id)],
-            args=[str(part), self.max_attempts, self.ttl_seconds, exhausted],
-        )
-        if outcome == "missing":
-            raise JobNotFound(f"no job {job_id!r}")
-        return PartStart(outcome, status, int(attempts))
-
-    def finish_part(self, job_id: str, part: int, value: str) -> tuple[str, int, int]:
-        """Record part ``part``'s result (idempotent: a re-run overwrites it) and the progress
-        ``done`` = parts recorded. Returns ``(status, done, total)``; nothing is recorded unless
-        the job is ``running``. Raises :class:`JobNotFound`."""
-        status, done, total = self._finish_part(
-            keys=[self._job_key(job_id), self._parts_key(job_id)],
-            args=[str(part), value, self.ttl_seconds],
-        )
-        if status == "missing":
-            raise JobNotFound(f"no job {job_id!r}")
-        return str(status), int(done), int(total)
-
-    def parts(self, job_id: str) -> dict[int, str]:
-        """The recorded part results of a fan-out job, by part index."""
-        raw: dict[str, str] = self.client.hgetall(self._parts_key(job_id))  # type: ignore[assignment]
-        return {int(k): v for k, v in raw.items()}
-
-    def drop_parts(self, job_id: str) -> None:
-        """Forget the part results and attempt counters (after the merge finished the job)."""
-        self.client.delete(self._parts_key(job_id), self._part_attempts_key(job_id))
-
-    def cancel_now(self, job_id: str) -> bool:
-        """Cancel a fan-out job whose cancellation was requested (any worker may do it)."""
-        return self.transition(job_id, ("queued", "running"), "cancelled")
 
     # -- client side ---------------------------------------------------------------------------
 

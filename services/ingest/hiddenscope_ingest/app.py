@@ -88,6 +88,6 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(versions_router)
 
-    add_health_route(app, store.client)
+    add_health_route(app, store)
     install_openapi(app, (PathIngestRequest, PathTracksRequest, Problem))
     return app

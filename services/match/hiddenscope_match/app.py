@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from hiddenscope_service.app_parts import add_health_route, install_openapi
-from hiddenscope_service.celery_app import make_celery
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.problems import Problem, install_problem_handlers
 
+from hiddenscope_match.browse import Browse
 from hiddenscope_match.datasets import Datasets
-from hiddenscope_match.routes import router
-from hiddenscope_match.service import INDEX_TASK_NAME, JOB_PREFIX, TASK_NAME, MatchService
+from hiddenscope_match.matches import JOB_PREFIX, TASK_NAME, MatchJobs
+from hiddenscope_match.routes import job_routes, router
+from hiddenscope_match.search import INDEX_TASK_NAME, PhraseSearch
 from hiddenscope_match.settings import MatchSettings, get_settings
 
 
@@ -24,19 +26,8 @@ def create_app(settings: MatchSettings | None = None) -> FastAPI:
         "sharded match jobs over the datasets the ingest service publishes.",
     )
     install_problem_handlers(app)
-    store = JobStore.from_url(
-        settings.redis_url,
-        prefix=JOB_PREFIX,
-        ttl_seconds=settings.job_ttl_seconds,
-        max_attempts=settings.max_attempts,
-    )
-    celery = make_celery(
-        "hiddenscope_match_api",
-        broker_url=settings.celery_broker_url,
-        queue=settings.queue,
-        task_time_limit=settings.task_time_limit,
-        visibility_timeout=settings.visibility_timeout,
-    )
+    store = JobStore.for_service(settings, JOB_PREFIX)
+    celery = service_celery("hiddenscope_match_api", lambda: settings)
 
     def enqueue(job_id: str, part: int, lo: int, hi: int) -> None:
         celery.send_task(TASK_NAME, args=[job_id, part, lo, hi], queue=settings.queue)
@@ -44,15 +35,13 @@ def create_app(settings: MatchSettings | None = None) -> FastAPI:
     def enqueue_index(dataset_id: str) -> None:
         celery.send_task(INDEX_TASK_NAME, args=[dataset_id], queue=settings.queue)
 
-    app.state.service = MatchService(
-        settings=settings,
-        store=store,
-        enqueue=enqueue,
-        datasets=Datasets(settings.data_root),
-        enqueue_index=enqueue_index,
-    )
+    datasets = Datasets(settings.data_root)
+    app.state.search = PhraseSearch(settings, store, datasets, enqueue_index)
+    app.state.browse = Browse(settings, datasets, app.state.search)
+    app.state.matches = MatchJobs(settings, store, datasets, app.state.browse, enqueue)
     app.include_router(router)
+    app.include_router(job_routes)
 
-    add_health_route(app, store.client)
+    add_health_route(app, store)
     install_openapi(app, (Problem,))
     return app

@@ -1,11 +1,13 @@
 """HTTP routes of the match service (``/v1``). HTTP only: parsing, status codes, headers,
-content negotiation; everything else is in :mod:`hiddenscope_match.service`.
+content negotiation; everything else is in :mod:`hiddenscope_match.browse`,
+:mod:`hiddenscope_match.search` and :mod:`hiddenscope_match.matches`.
 
 Paths (beside the ingest service behind one gateway, which owns ``/v1/datasets`` and
 ``/v1/datasets/{name_or_id}``): dataset sub-resources
 ``/v1/datasets/{name_or_id}/{info,layers/..,tokens,vocab,tracks/..,select,search,matches}`` and
 match jobs at the job resource both services share, ``/v1/jobs/{id}`` (ids ``match-…``; the
-gateway routes them here by that prefix; :mod:`hiddenscope_service.job_resource`).
+gateway routes them here by that prefix; the routes are :func:`hiddenscope_service.job_resource.
+job_router`'s, mounted as :data:`job_routes`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.errors import InvalidQuery
 from hiddenscope_core.models import SelectQuery, SelectResult
-from hiddenscope_service.job_resource import job_path, wait_seconds, wait_until_terminal
+from hiddenscope_service.job_resource import (
+    job_path,
+    job_router,
+    wait_seconds,
+    wait_until_terminal,
+)
 from hiddenscope_service.problems import problem_responses
 
+from hiddenscope_match.browse import Browse
+from hiddenscope_match.matches import MatchJobs, ResultView
 from hiddenscope_match.schemas import (
     ARROW_STREAM,
     ContextOptions,
@@ -39,17 +48,29 @@ from hiddenscope_match.schemas import (
     TrackWindow,
     VocabPage,
 )
-from hiddenscope_match.service import MatchService
+from hiddenscope_match.search import PhraseSearch
 
 router = APIRouter(prefix="/v1")
 
 
-def get_service(request: Request) -> MatchService:
-    service: MatchService = request.app.state.service
-    return service
+def get_browse(request: Request) -> Browse:
+    browse: Browse = request.app.state.browse
+    return browse
 
 
-Service = Annotated[MatchService, Depends(get_service)]
+def get_phrase_search(request: Request) -> PhraseSearch:
+    search: PhraseSearch = request.app.state.search
+    return search
+
+
+def get_matches(request: Request) -> MatchJobs:
+    matches: MatchJobs = request.app.state.matches
+    return matches
+
+
+Service = Annotated[Browse, Depends(get_browse)]
+Search = Annotated[PhraseSearch, Depends(get_phrase_search)]
+Matches = Annotated[MatchJobs, Depends(get_matches)]
 DatasetRef = Annotated[str, Path(description="dataset name or id", max_length=200)]
 LayerRef = Annotated[str, Path(description="layer name", max_length=200)]
 StartQ = Annotated[int | None, Query(ge=0, description="first step (default 0)")]
@@ -362,7 +383,7 @@ def post_select(name_or_id: DatasetRef, query: SelectQuery, service: Service) ->
 )
 def get_search(
     name_or_id: DatasetRef,
-    service: Service,
+    service: Search,
     q: Annotated[
         str | None, Query(max_length=10_000, description="token texts separated by spaces")
     ] = None,
@@ -399,16 +420,16 @@ async def post_match(
     name_or_id: DatasetRef,
     body: MatchRequest,
     response: Response,
-    service: Service,
+    service: Matches,
     idempotency_key: IdempotencyKey = None,
     wait: WaitQ = None,
     prefer: PreferH = None,
     page_size: PageSize = None,
 ) -> MatchJobResource:
-    job, _created = await run_in_threadpool(service.submit_match, name_or_id, body, idempotency_key)
-    seconds = wait_seconds(wait, prefer, service.settings.max_wait_seconds)
+    job, _created = await run_in_threadpool(service.submit, name_or_id, body, idempotency_key)
+    seconds = wait_seconds(wait, prefer, service.max_wait_seconds)
     if seconds > 0:
-        await wait_until_terminal(lambda: service.store.status(job.id), seconds)
+        await wait_until_terminal(lambda: service.job_status(job.id), seconds)
         job = await run_in_threadpool(service.job, job.id)
         if prefer and "wait" in prefer:
             response.headers["Preference-Applied"] = f"wait={seconds:g}"
@@ -418,28 +439,10 @@ async def post_match(
     else:
         response.status_code = 202
         response.headers["Retry-After"] = "1"
-    return await run_in_threadpool(
-        lambda: service.render_job(job, page_size=page_size, page_token=None, context=None)
-    )
+    return await run_in_threadpool(service.render_job, job, ResultView(page_size=page_size))
 
 
-JobId = Annotated[str, Path(max_length=200, description="a match job id (match-…)")]
-
-
-@router.get(
-    "/jobs/{job_id}",
-    response_model=MatchJobResource,
-    summary="A match job's status, progress (shards), timings, and a page of its result",
-    description="The job resource both services share: the gateway sends ids `match-…` here. "
-    "Paging (`page_size`, `page_token`) and context (`context_*`) apply to a succeeded job.",
-    responses=problem_responses(404, 422),
-)
-async def get_match_job(
-    job_id: JobId,
-    response: Response,
-    service: Service,
-    wait: WaitQ = None,
-    prefer: PreferH = None,
+def result_view(
     page_size: PageSize = None,
     page_token: PageToken = None,
     context_left: ContextLeft = None,
@@ -447,43 +450,21 @@ async def get_match_job(
     context_tracks: ContextTracks = None,
     context_counts: ContextCounts = None,
     context_tokens: ContextTokens = None,
-) -> MatchJobResource:
-    job = await run_in_threadpool(service.job, job_id)
-    seconds = wait_seconds(wait, prefer, service.settings.max_wait_seconds)
-    if seconds > 0 and not job.terminal:
-        await wait_until_terminal(lambda: service.store.status(job_id), seconds)
-        job = await run_in_threadpool(service.job, job_id)
-    if not job.terminal:
-        response.headers["Retry-After"] = "1"
+) -> ResultView:
+    """The page and context a ``GET /v1/jobs/{job_id}`` asks for."""
     ctx = _context(context_left, context_right, context_tracks, context_counts, context_tokens)
-    if ctx is not None and ctx.tracks:
-        ds = await run_in_threadpool(service.datasets.get, str(job.payload["dataset_id"]))
-        for name in ctx.tracks:
-            ds.manifest.track(name)
-    return await run_in_threadpool(
-        lambda: service.render_job(job, page_size=page_size, page_token=page_token, context=ctx)
-    )
+    return ResultView(page_size=page_size, page_token=page_token, context=ctx)
 
 
-@router.post(
-    "/jobs/{job_id}/cancel",
-    status_code=202,
-    response_model=MatchJobResource,
-    summary="Cancel a match job (queued: at once; running: before its next shard starts)",
-    responses=problem_responses(404, 409),
+job_routes = job_router(
+    get_matches,
+    MatchJobResource,
+    noun="match_job",
+    id_description="a match job id (match-…)",
+    get_summary="A match job's status, progress (shards), timings, and a page of its result",
+    get_description="The job resource both services share: the gateway sends ids `match-…` "
+    "here. Paging (`page_size`, `page_token`) and context (`context_*`) apply to a succeeded "
+    "job.",
+    cancel_summary="Cancel a match job (queued: at once; running: before its next shard starts)",
+    view=result_view,
 )
-def cancel_match_job(job_id: JobId, response: Response, service: Service) -> MatchJobResource:
-    job = service.cancel(job_id)
-    response.headers["Location"] = job_path(job.id)
-    return service.render_job(job, page_size=None, page_token=None, context=None)
-
-
-@router.delete(
-    "/jobs/{job_id}",
-    status_code=202,
-    response_model=MatchJobResource,
-    summary="Same as POST /v1/jobs/{job_id}/cancel",
-    responses=problem_responses(404, 409),
-)
-def delete_match_job(job_id: JobId, response: Response, service: Service) -> MatchJobResource:
-    return cancel_match_job(job_id, response, service)

@@ -27,6 +27,12 @@ class MatchSettings(ServiceSettings):
     shard_steps: int = Field(
         default=1 << 24, ge=1, description="steps per match shard (one Celery task each)"
     )
+    lease_seconds: int = Field(
+        default=30,
+        ge=2,
+        description="a worker's lease on a match shard, renewed by a heartbeat while it runs; "
+        "a shard whose worker died is taken over this long after",
+    )
     max_shards: int = Field(
         default=100_000, ge=1, description="most shards of one job (shard_steps grows to fit)"
     )

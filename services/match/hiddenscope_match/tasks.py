@@ -1,6 +1,6 @@
 """Celery tasks of the match service (queue ``match``): thin wrappers around
-:func:`hiddenscope_match.service.run_shard` (payload: the job id and shard bounds only) and
-:func:`hiddenscope_match.service.build_search_index` (payload: the dataset id).
+:func:`hiddenscope_match.worker.run_shard` (payload: the job id and shard bounds only) and
+:func:`hiddenscope_match.worker.build_search_index` (payload: the dataset id).
 
 Run a worker with ``celery -A hiddenscope_match.tasks:celery_app worker -Q match``.
 """
@@ -11,22 +11,19 @@ import functools
 import logging
 from typing import Any
 
-from celery import Celery
+from celery import Task
 from celery.signals import worker_init
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
+from hiddenscope_service.workflow import worker_owner
 
 from hiddenscope_match.datasets import Datasets
-from hiddenscope_match.service import (
-    INDEX_TASK_NAME,
-    JOB_PREFIX,
-    TASK_NAME,
-    build_search_index,
-    run_shard,
-)
+from hiddenscope_match.matches import JOB_PREFIX, TASK_NAME
+from hiddenscope_match.search import INDEX_TASK_NAME
 from hiddenscope_match.settings import get_settings
+from hiddenscope_match.worker import ShardBusy, build_search_index, run_shard
 
-celery_app = Celery("hiddenscope_match", set_as_current=False)
-celery_app.config_from_object("hiddenscope_match.celeryconfig")  # lazy: read on first use
+celery_app = service_celery("hiddenscope_match", get_settings)  # settings read on first use
 log = logging.getLogger(__name__)
 
 
@@ -42,11 +39,7 @@ def _warm_up(**_: Any) -> None:
 
 @functools.cache
 def job_store() -> JobStore:
-    s = get_settings()
-    return JobStore.from_url(
-        s.redis_url, prefix=JOB_PREFIX, ttl_seconds=s.job_ttl_seconds,
-        max_attempts=s.max_attempts,
-    )  # fmt: skip
+    return JobStore.for_service(get_settings(), JOB_PREFIX)
 
 
 @functools.cache
@@ -54,10 +47,17 @@ def datasets() -> Datasets:
     return Datasets(get_settings().data_root)
 
 
-@celery_app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
-def run_shard_task(job_id: str, part: int, lo: int, hi: int) -> str:
+@celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
+                 max_retries=None)  # fmt: skip
+def run_shard_task(self: Task[Any, Any], job_id: str, part: int, lo: int, hi: int) -> str:
     """Shard ``part`` (steps ``[lo, hi)``) of match job ``job_id`` (idempotent)."""
-    return run_shard(job_id, part, lo, hi, job_store(), datasets())
+    owner = worker_owner(self.request.id)
+    lease = float(get_settings().lease_seconds)
+    try:
+        return run_shard(job_id, part, lo, hi, job_store(), datasets(), owner, lease)
+    except ShardBusy as busy:
+        # another live worker holds the shard; look again when its lease would have run out
+        raise self.retry(countdown=max(1.0, busy.retry_after), max_retries=None) from None
 
 
 @celery_app.task(name=INDEX_TASK_NAME, acks_late=True, reject_on_worker_lost=True)

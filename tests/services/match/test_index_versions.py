@@ -10,7 +10,7 @@ from hiddenscope_core.models import TrackInfo
 from hiddenscope_core.reader import Catalog
 from hiddenscope_core.versions import add_tracks
 from hiddenscope_core.writer import DatasetWriter
-from hiddenscope_match.search import INDEX_DIR, build_index, open_index, phrase_ids
+from hiddenscope_match.search_index import INDEX_DIR, build_index, open_index, phrase_ids
 
 
 def test_a_new_version_links_its_parents_index(tmp_path: Path) -> None:

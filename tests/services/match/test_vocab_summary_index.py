@@ -16,7 +16,7 @@ from hiddenscope_core.reader import Catalog
 from hiddenscope_core.transforms import transform_values
 from hiddenscope_core.writer import DatasetWriter
 from hiddenscope_match.app import create_app
-from hiddenscope_match.search import INDEX_DIR, build_index, clean_caches
+from hiddenscope_match.search_index import INDEX_DIR, build_index, clean_caches
 from hiddenscope_match.settings import MatchSettings
 from hiddenscope_service.testing import RedisServer
 
@@ -188,7 +188,7 @@ def test_search_answers_503_while_the_index_is_built(
     )
     app = create_app(settings)
     sent: list[str] = []
-    service = app.state.service
+    service = app.state.search
     real = service.enqueue_index
     assert real is not None
 
@@ -207,7 +207,7 @@ def test_search_answers_503_while_the_index_is_built(
         assert sent == [ds_id]  # queued once, not per request
         assert not (root / "cache" / ds_id).exists()  # the API never builds
         # what the worker does
-        from hiddenscope_match.service import build_search_index
+        from hiddenscope_match.worker import build_search_index
 
         assert build_search_index(ds_id, service.store, service.datasets, settings) == "built"
         r = c.get("/v1/datasets/slow/search", params={"q": "the cat"})
