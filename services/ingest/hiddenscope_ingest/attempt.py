@@ -1,24 +1,23 @@
 """What every attempt at an ingest job shares (the conversion in :mod:`hiddenscope_ingest.worker`,
 the track change in :mod:`hiddenscope_ingest.track_attempt`, the layer shards in
-:mod:`hiddenscope_ingest.shards`): the outcome it ends with, the exceptions that end it early,
-the progress reporter that also renews its lease, and how an error becomes a ``failed`` outcome.
+:mod:`hiddenscope_ingest.shards`): the outcome it ends with, the signal that another worker
+holds the job, the problem a helper's shard failed with, and how an error becomes a ``failed``
+outcome. The lease, its heartbeat and the progress reports (which raise
+:class:`~hiddenscope_service.workflow.Cancelled` and
+:class:`~hiddenscope_service.workflow.LeaseLost`) are the job workflow's
+(:class:`~hiddenscope_service.workflow.JobLease`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from celery.exceptions import SoftTimeLimitExceeded
 from hiddenscope_core.errors import HiddenScopeError
 from hiddenscope_core.models import DatasetManifest
-from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.problems import problem_from_exception
-
-from hiddenscope_ingest.convert import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +28,6 @@ class JobBusy(Exception):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"busy, retry after {retry_after:.1f}s")
         self.retry_after = retry_after
-
-
-class Lost(Exception):
-    """The job is no longer held by this attempt (its lease was taken over)."""
 
 
 class ShardFailed(HiddenScopeError):
@@ -51,29 +46,6 @@ class Outcome:
     status: Literal["succeeded", "failed", "cancelled"]
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-
-
-def progress_reporter(
-    store: JobStore, job_id: str, owner: str, lease_seconds: float
-) -> Callable[[int, int], None]:
-    """``progress(done, total)`` for an attempt: reports at most every 0.2 s (and at the end),
-    which also renews the lease; raises :class:`Cancelled` when the job was cancelled and
-    :class:`Lost` when another worker took it over."""
-    last = 0.0
-
-    def progress(done: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < 0.2 and done < total:
-            return
-        last = now
-        answer = store.report_progress(job_id, owner, lease_seconds, done, total)
-        if answer == "cancel":
-            raise Cancelled()
-        if answer == "lost":
-            raise Lost()
-
-    return progress
 
 
 def failed_outcome(exc: Exception, job_id: str, what: str, time_limit: float) -> Outcome:

@@ -3,8 +3,8 @@ attempts left on disk. Redis and the broker are not a system of record (a lost m
 Redis restart without AOF, a worker killed between claim and ack), so the job store is
 compared with the queue and the disk periodically — without ``celery beat``:
 
-* the API runs one pass at startup and then every ``reconcile_interval_seconds`` (a Redis lock
-  makes concurrent API replicas take turns);
+* the API runs one pass at startup and then every ``reconcile_interval_seconds`` (a lock,
+  :class:`~hiddenscope_service.workflow.Lock`, makes concurrent API replicas take turns);
 * the Celery task ``hiddenscope_ingest.reconcile`` runs one pass (e.g. from cron via
   ``celery call``);
 * the CLI ``python -m hiddenscope_ingest.reconcile [--dry-run]`` runs one pass.
@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,13 +42,18 @@ from pathlib import Path
 
 from hiddenscope_core.layout import WORK_SUFFIX
 from hiddenscope_core.versions import collect_superseded
-from hiddenscope_service.celery_app import make_celery
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
+from hiddenscope_service.workflow import Lock
 
 from hiddenscope_ingest.settings import IngestSettings, get_settings
-from hiddenscope_ingest.tasknames import JOB_KIND, TASK_NAME
+from hiddenscope_ingest.tasknames import JOB_KIND, STORE_PREFIX, TASK_NAME
 
 log = logging.getLogger(__name__)
+
+LOCK_NAME = "reconcile-lock"
+LOCK_SECONDS = 300
+"""A pass holds the reconcile lock at most this long (it expires if the process dies)."""
 
 
 @dataclass
@@ -97,16 +101,14 @@ def reconcile(
     """One reconciliation pass (see the module docstring). ``lock``: skip the pass if another
     process holds the reconcile lock."""
     report = ReconcileReport()
-    lock_key = f"{store.prefix}:reconcile-lock"
-    token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
-    if lock and not store.client.set(lock_key, token, nx=True, ex=300):
-        report.skipped = True
-        return report
-    try:
+    if lock:
+        with Lock(store, LOCK_NAME).held(LOCK_SECONDS) as got:
+            if not got:
+                report.skipped = True
+                return report
+            _pass(settings, store, enqueue, dry_run, report)
+    else:
         _pass(settings, store, enqueue, dry_run, report)
-    finally:
-        if lock and store.client.get(lock_key) == token:
-            store.client.delete(lock_key)
     if (
         report.requeued
         or report.removed_staging
@@ -195,13 +197,7 @@ def _pass(
 
 def make_enqueue(settings: IngestSettings) -> Callable[[str], None]:
     """``enqueue(job_id)`` sending ``ingest.convert`` to the ingest queue (for the CLI)."""
-    celery = make_celery(
-        "hiddenscope_ingest_reconcile",
-        broker_url=settings.celery_broker_url,
-        queue=settings.queue,
-        task_time_limit=settings.task_time_limit,
-        visibility_timeout=settings.visibility_timeout,
-    )
+    celery = service_celery("hiddenscope_ingest_reconcile", lambda: settings)
 
     def enqueue(job_id: str) -> None:
         celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue)
@@ -214,10 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dry-run", action="store_true", help="report, change nothing")
     args = ap.parse_args(argv)
     settings = get_settings()
-    store = JobStore.from_url(
-        settings.redis_url, prefix="hiddenscope:ingest", ttl_seconds=settings.job_ttl_seconds,
-        max_attempts=settings.max_attempts,
-    )  # fmt: skip
+    store = JobStore.for_service(settings, STORE_PREFIX)
     report = reconcile(settings, store, make_enqueue(settings), dry_run=args.dry_run)
     print(json.dumps(report.as_dict(), indent=2))
 

@@ -1,14 +1,17 @@
 """HTTP routes of the ingest service's datasets and jobs (``/v1``). HTTP only: parsing, status
-codes, headers; everything else is in :mod:`hiddenscope_ingest.submission`."""
+codes, headers; everything else is in :mod:`hiddenscope_ingest.submission`. The job routes are
+the shared ones (:func:`hiddenscope_service.job_resource.job_router`) over :class:`IngestJobs`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.models import DatasetManifest
-from hiddenscope_service.job_resource import job_path, wait_seconds, wait_until_terminal
+from hiddenscope_service.job_resource import JobBackend, job_router
+from hiddenscope_service.jobs import Job
 from hiddenscope_service.problems import problem_responses
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,61 +98,49 @@ def delete_dataset(name_or_id: str, service: Service) -> Response:
     return Response(status_code=204)
 
 
-JobId = Annotated[str, Path(max_length=200, description="an ingest job id (ingest-…)")]
+@dataclass
+class IngestJobs:
+    """The ingest jobs as the shared job routes see them (a
+    :class:`~hiddenscope_service.job_resource.JobBackend`): a ``GET`` shows the layer shards of
+    the current phase, the answer to a cancel does not."""
+
+    service: IngestService
+
+    @property
+    def max_wait_seconds(self) -> float:
+        return self.service.settings.max_wait_seconds
+
+    def job(self, job_id: str) -> Job:
+        return self.service.job(job_id)
+
+    def job_status(self, job_id: str) -> str | None:
+        return self.service.status(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        return self.service.cancel(job_id)
+
+    def render_job(self, job: Job, view: bool | None) -> JobResource:
+        return JobResource.of(job, self.service.shard_progress(job.id) if view else None)
 
 
-@router.get(
-    "/jobs/{job_id}",
-    response_model=JobResource,
-    summary="A job's status, progress, timings and result or error",
-    description="The job resource both services share: the gateway sends ids `match-…` to the "
-    "match service and every other id here.",
-    responses=problem_responses(404, 422),
+def get_jobs(request: Request) -> JobBackend:
+    return IngestJobs(get_service(request))
+
+
+def _full_view() -> bool:
+    return True
+
+
+job_routes = job_router(
+    get_jobs,
+    JobResource,
+    noun="job",
+    id_description="an ingest job id (ingest-…)",
+    get_summary="A job's status, progress, timings and result or error",
+    get_description="The job resource both services share: the gateway sends ids `match-…` to "
+    "the match service and every other id here.",
+    cancel_summary="Cancel a job (a queued job at once, a running one at its next chunk)",
+    wait_description="wait up to this many seconds for the end (also `Prefer: wait=N`; at most "
+    "MAX_WAIT_SECONDS)",
+    view=_full_view,
 )
-async def get_job(
-    job_id: JobId,
-    response: Response,
-    service: Service,
-    wait: Annotated[
-        float | None,
-        Query(
-            ge=0,
-            description="wait up to this many seconds for the end (also `Prefer: wait=N`; at "
-            "most MAX_WAIT_SECONDS)",
-        ),
-    ] = None,
-    prefer: Annotated[str | None, Header(alias="Prefer", max_length=200)] = None,
-) -> JobResource:
-    job = await run_in_threadpool(service.job, job_id)
-    seconds = wait_seconds(wait, prefer, service.settings.max_wait_seconds)
-    if seconds > 0 and not job.terminal:
-        await wait_until_terminal(lambda: service.status(job_id), seconds)
-        job = await run_in_threadpool(service.job, job_id)
-    if not job.terminal:
-        response.headers["Retry-After"] = "1"
-    shards = await run_in_threadpool(service.shard_progress, job_id)
-    return JobResource.of(job, shards)
-
-
-@router.post(
-    "/jobs/{job_id}/cancel",
-    status_code=202,
-    response_model=JobResource,
-    summary="Cancel a job (a queued job at once, a running one at its next chunk)",
-    responses=problem_responses(404, 409),
-)
-def cancel_job(job_id: JobId, response: Response, service: Service) -> JobResource:
-    job = service.cancel(job_id)
-    response.headers["Location"] = job_path(job.id)
-    return JobResource.of(job)
-
-
-@router.delete(
-    "/jobs/{job_id}",
-    status_code=202,
-    response_model=JobResource,
-    summary="Same as POST /v1/jobs/{job_id}/cancel",
-    responses=problem_responses(404, 409),
-)
-def delete_job(job_id: JobId, response: Response, service: Service) -> JobResource:
-    return cancel_job(job_id, response, service)

@@ -1,7 +1,10 @@
-"""The names both sides of the ingest queue agree on: the job kind and the Celery task names
-(the API enqueues by name, the worker registers the tasks under them)."""
+"""The names both sides of the ingest queue agree on: the job store's prefix, the job kind and
+the Celery task names (the API enqueues by name, the worker registers the tasks under them)."""
 
 from __future__ import annotations
+
+STORE_PREFIX = "hiddenscope:ingest"
+"""The job store's key prefix of the ingest service's jobs."""
 
 JOB_KIND = "ingest"
 """The kind of every ingest job (ids ``ingest-…``): conversions and track changes."""

@@ -8,13 +8,13 @@ Run a worker with ``celery -A hiddenscope_ingest.tasks:celery_app worker -Q inge
 from __future__ import annotations
 
 import functools
-import os
-import socket
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 from celery.signals import worker_process_init
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
+from hiddenscope_service.workflow import worker_owner
 
 from hiddenscope_ingest.attempt import JobBusy
 from hiddenscope_ingest.reconcile import reconcile
@@ -24,13 +24,13 @@ from hiddenscope_ingest.shards import run_helper
 from hiddenscope_ingest.tasknames import (
     HELPER_TASK_NAME,
     RECONCILE_TASK_NAME,
+    STORE_PREFIX,
     TASK_NAME,
     TRACKS_TASK_NAME,
 )
 from hiddenscope_ingest.worker import run_conversion
 
-celery_app = Celery("hiddenscope_ingest", set_as_current=False)
-celery_app.config_from_object("hiddenscope_ingest.celeryconfig")  # lazy: read on first use
+celery_app = service_celery("hiddenscope_ingest", get_settings)  # settings read on first use
 
 
 @worker_process_init.connect
@@ -43,18 +43,14 @@ def _limit_pool_process(**_: Any) -> None:
 
 @functools.cache
 def job_store() -> JobStore:
-    s = get_settings()
-    return JobStore.from_url(
-        s.redis_url, prefix="hiddenscope:ingest", ttl_seconds=s.job_ttl_seconds,
-        max_attempts=s.max_attempts,
-    )  # fmt: skip
+    return JobStore.for_service(get_settings(), STORE_PREFIX)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
                  max_retries=None)  # fmt: skip
 def convert_task(self: Task[Any, Any], job_id: str) -> str:
     """Convert the upload of job ``job_id`` and publish it (idempotent, at-least-once)."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    owner = worker_owner(self.request.id)
     settings = get_settings()
 
     def spawn_helpers(build_id: str, phase: str, n: int) -> None:
@@ -72,7 +68,7 @@ def convert_task(self: Task[Any, Any], job_id: str) -> str:
 def convert_shards_task(self: Task[Any, Any], job_id: str, build_id: str, phase: str) -> int:
     """Help job ``job_id``: run layer shard tasks of ``phase`` of build ``build_id`` until none
     is left (:mod:`hiddenscope_ingest.shards`). Returns how many it ran."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    owner = worker_owner(self.request.id)
     return run_helper(job_id, build_id, phase, owner, get_settings(), job_store())
 
 
@@ -94,7 +90,7 @@ def tracks_task(self: Task[Any, Any], job_id: str) -> str:
     """Add or remove tracks of a published dataset: a new version (a job with ``op: tracks``,
     :mod:`hiddenscope_ingest.track_attempt`; idempotent, at-least-once, leased like a
     conversion)."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    owner = worker_owner(self.request.id)
     try:
         return run_conversion(job_id, owner, get_settings(), job_store())
     except JobBusy as busy:

@@ -16,16 +16,10 @@ from hiddenscope_core.layout import Layout
 from hiddenscope_core.models import DatasetManifest
 from hiddenscope_core.reader import open_dataset
 from hiddenscope_core.versions import VersionWriter, current_id
-from hiddenscope_service.jobs import Job, JobStore
+from hiddenscope_service.jobs import Job
+from hiddenscope_service.workflow import Cancelled, JobLease, LeaseLost
 
-from hiddenscope_ingest.attempt import (
-    Lost,
-    Outcome,
-    dataset_summary,
-    failed_outcome,
-    progress_reporter,
-)
-from hiddenscope_ingest.convert import Cancelled
+from hiddenscope_ingest.attempt import Outcome, dataset_summary, failed_outcome
 from hiddenscope_ingest.manifest import TracksManifest
 from hiddenscope_ingest.settings import IngestSettings
 from hiddenscope_ingest.track_plan import build_tracks_plan, write_tracks
@@ -58,9 +52,8 @@ def _published(layout: Layout, version_id: str) -> DatasetManifest | None:
 
 def attempt_tracks(
     job: Job,
-    owner: str,
+    lease: JobLease,
     settings: IngestSettings,
-    store: JobStore,
     source_dir: Path,
     work: Path,
     spawn_helpers: object = None,
@@ -72,7 +65,7 @@ def attempt_tracks(
     target = str(job.payload["target"])
     layout = settings.layout
     # an earlier attempt's leftovers: its staging directory, or a finished publication
-    earlier = store.get_note(job_id, "staging_id")
+    earlier = lease.get_note("staging_id")
     if earlier:
         finished = _published(layout, earlier)
         if finished is not None:
@@ -81,14 +74,14 @@ def attempt_tracks(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    progress = progress_reporter(store, job_id, owner, settings.lease_seconds)
+    progress = lease.progress()
 
     try:
         progress(0, 0)
         provenance = {**manifest.provenance, "job_id": job_id}
         writer = VersionWriter.create(layout.root, target, provenance=provenance)
         try:
-            store.set_note(job_id, "staging_id", writer.id)
+            lease.set_note("staging_id", writer.id)
             ds = open_dataset(layout.dataset(writer.base.id))
             plan = build_tracks_plan(manifest, ds, source_dir, settings.limits, work)
             try:
@@ -112,7 +105,7 @@ def attempt_tracks(
             raise
     except Cancelled:
         return Outcome("cancelled")
-    except Lost:
+    except LeaseLost:
         raise
     except Exception as exc:
         return failed_outcome(exc, job_id, "the track job", settings.task_time_limit)

@@ -12,29 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from hiddenscope_core.writer import remove_build_dir
 from hiddenscope_service.jobs import Job, JobStore
+from hiddenscope_service.workflow import Cancelled, JobLease, LeaseLost
 
-from hiddenscope_ingest.attempt import (
-    JobBusy,
-    Lost,
-    Outcome,
-    dataset_summary,
-    failed_outcome,
-    progress_reporter,
-)
+from hiddenscope_ingest.attempt import JobBusy, Outcome, dataset_summary, failed_outcome
 from hiddenscope_ingest.catalog import DatasetCatalog
-from hiddenscope_ingest.convert import Cancelled, convert
+from hiddenscope_ingest.convert import convert
 from hiddenscope_ingest.loaders import resolve_file
 from hiddenscope_ingest.loaders.archives import extract_archive
 from hiddenscope_ingest.manifest import IngestManifest
 from hiddenscope_ingest.plan import build_plan
 from hiddenscope_ingest.settings import IngestSettings
-from hiddenscope_ingest.shards import board_runner
+from hiddenscope_ingest.shards import shard_runner
 from hiddenscope_ingest.tasknames import TRACKS_OP
 from hiddenscope_ingest.track_attempt import attempt_tracks
 
@@ -64,59 +57,34 @@ def run_conversion(
     when the removal came after the transition), and an attempt that dies between the removal
     and the transition is finished by the next delivery from the note (its upload is gone).
     """
-    claim = store.claim(job_id, owner, settings.lease_seconds)
-    if claim.outcome == "busy":
-        raise JobBusy(claim.retry_after)
+    lease = JobLease.claim(store, job_id, owner, settings.lease_seconds)
+    if lease.outcome == "busy":
+        raise JobBusy(lease.retry_after)
     job = store.get(job_id)
     source_dir = Path(job.payload["source_dir"])
     owned = bool(job.payload.get("owned"))
     work = settings.layout.work(job_id)
-    if claim.outcome != "claimed":
+    if not lease.held:
         _cleanup(work, source_dir if owned else None)
-        return claim.status
-    noted = store.get_note(job_id, "outcome")
+        return lease.status
+    noted = lease.get_note("outcome")
     if noted:
         outcome = Outcome(**json.loads(noted))
     else:
         try:
-            with _Heartbeat(store, job_id, owner, settings.lease_seconds):
+            # the heartbeat keeps the lease live through long steps without progress reports
+            # (the index build in publish()), so it expires only when the process dies
+            with lease.heartbeat():
                 attempt = _attempt_of(job)
-                outcome = attempt(job, owner, settings, store, source_dir, work, spawn_helpers)
-        except Lost:
+                outcome = attempt(job, lease, settings, source_dir, work, spawn_helpers)
+        except LeaseLost:
             log.warning("job %s: lease lost; another worker took over", job_id)
             return store.get(job_id).status
-        store.set_note(job_id, "outcome", json.dumps(outcome.__dict__))
+        lease.set_note("outcome", json.dumps(outcome.__dict__))
     _cleanup(work, source_dir if owned else None)
-    if not store.finish(job_id, owner, outcome.status, result=outcome.result, error=outcome.error):
+    if not lease.finish(outcome.status, result=outcome.result, error=outcome.error):
         log.warning("job %s: lease lost before it could be finished", job_id)
     return store.get(job_id).status
-
-
-class _Heartbeat:
-    """Renews the job's lease every ``lease / 3`` seconds from a thread while the attempt runs,
-    so the lease stays live through long steps without progress reports (the index build in
-    ``publish()``) and expires only when the process dies; the reconciler relies on that."""
-
-    def __init__(self, store: JobStore, job_id: str, owner: str, lease: float) -> None:
-        self.store, self.job_id, self.owner, self.lease = store, job_id, owner, lease
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.lease / 3):
-            try:
-                if self.store.report_progress(self.job_id, self.owner, self.lease) == "lost":
-                    return
-            except Exception:  # Redis briefly unreachable: try again at the next beat
-                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def _attempt_of(job: Job) -> Callable[..., Outcome]:
@@ -136,9 +104,8 @@ def _cleanup(work: Path, upload: Path | None) -> None:
 
 def attempt_conversion(
     job: Job,
-    owner: str,
+    lease: JobLease,
     settings: IngestSettings,
-    store: JobStore,
     source_dir: Path,
     work: Path,
     spawn_helpers: SpawnHelpers | None = None,
@@ -149,7 +116,7 @@ def attempt_conversion(
     manifest = IngestManifest.model_validate(job.payload["manifest"])
     layout = settings.layout
     # an earlier attempt's leftovers: its staging directory, and maybe a finished publication
-    old_staging = store.get_note(job_id, "staging_id")
+    old_staging = lease.get_note("staging_id")
     if old_staging:
         remove_build_dir(layout.root, layout.staging(old_staging))
     published = DatasetCatalog(layout).find_by_job(manifest.name, job_id)
@@ -158,7 +125,7 @@ def attempt_conversion(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    progress = progress_reporter(store, job_id, owner, settings.lease_seconds)
+    progress = lease.progress()
 
     try:
         root = source_dir
@@ -171,19 +138,19 @@ def attempt_conversion(
             result = convert(
                 plan,
                 layout.root,
-                on_created=lambda w: store.set_note(job_id, "staging_id", w.id),
+                on_created=lambda w: lease.set_note("staging_id", w.id),
                 chunk_bytes=settings.chunk_bytes,
                 progress=progress,
                 provenance={"job_id": job_id},
                 shard_steps=settings.shard_steps,
                 part_steps=settings.part_steps,
-                run_shards=board_runner(store, job_id, owner, settings, spawn_helpers),
+                run_shards=shard_runner(lease, settings, spawn_helpers),
             )
         finally:
             plan.close()
     except Cancelled:
         return Outcome("cancelled")
-    except Lost:
+    except LeaseLost:
         raise
     except Exception as exc:
         return failed_outcome(exc, job_id, "the conversion", settings.task_time_limit)
