@@ -11,7 +11,12 @@ import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from hiddenscope_core.errors import InvalidQuery
-from hiddenscope_service.celery_app import celery_config, make_celery, redis_eviction_advice
+from hiddenscope_service.celery_app import (
+    celery_config,
+    make_celery,
+    redis_eviction_advice,
+    service_celery,
+)
 from hiddenscope_service.job_resource import JobResourceBase, job_router, wait_seconds
 from hiddenscope_service.jobs import (
     IdempotencyConflict,
@@ -202,6 +207,26 @@ def test_celery_settings(redis_server: RedisServer) -> None:
         celery_config(broker_url="redis://x", queue="q", task_time_limit=20, visibility_timeout=20)
     app = make_celery("t", broker_url="redis://x", queue="q")
     assert app.conf.task_default_queue == "q"
+
+    class Demo(ServiceSettings):
+        model_config = SettingsConfigDict(env_prefix="HIDDENSCOPE_DEMO_", extra="ignore")
+        queue: str = "demo"
+
+    read: list[int] = []
+
+    def settings() -> Demo:
+        read.append(1)
+        return Demo(redis_url="redis://127.0.0.1:1/3", task_time_limit=10, visibility_timeout=20)
+
+    lazy = service_celery("demo", settings)
+    assert read == []  # nothing read at creation (a worker module builds its app at import)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("HIDDENSCOPE_DEMO_UNACKED_RESTORE_INTERVAL", "0.5")
+        assert lazy.conf.task_default_queue == "demo"
+    assert read == [1]
+    assert lazy.conf.broker_url == "redis://127.0.0.1:1/3"
+    assert lazy.conf.task_acks_late
+    assert lazy.conf.broker_transport_options["unacked_restore_interval"] == 0.5
     client = redis_server.client()
     assert redis_eviction_advice(client) is None
     client.config_set("maxmemory-policy", "allkeys-lru")

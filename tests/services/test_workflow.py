@@ -336,3 +336,7 @@ def test_values_and_maxima(store: JobStore) -> None:
     assert floor.maximum("job") == 19
     floor.delete("job")
     assert floor.maximum("job", default=-1) == -1
+
+    counts = Values(store, "helpers")
+    _threads(10, lambda i: counts.add("job", 2))
+    assert counts.add("job", 0) == 20

@@ -38,8 +38,7 @@ def celery_config(
     visibility_timeout: int = 4 * 3600,
     unacked_restore_interval: float | None = None,
 ) -> dict[str, Any]:
-    """The Celery settings of one service (a plain dict, e.g. for a lazily imported config
-    module: ``app.config_from_object("hiddenscope_ingest.celeryconfig")``).
+    """The Celery settings of one service (a plain dict; :func:`service_celery` applies them).
 
     ``queue`` is the default (and only) queue of the app's tasks. ``unacked_restore_interval``
     shortens kombu's sweep that restores unacknowledged messages of dead workers (tests).

@@ -20,8 +20,8 @@ the classes here (the job store, :mod:`hiddenscope_service.jobs`, keeps the reco
 * :class:`Lock` — a short-lived exclusive hold on a named resource that expires by itself (the
   reconciler's pass, a dataset's search-index build).
 * :class:`Values` — small side values under a name, scoped to a job or a dataset, with a TTL:
-  strings (:meth:`Values.put`) and maxima kept atomically (:meth:`Values.raise_to`, the match
-  shard floor).
+  strings (:meth:`Values.put`), counters (:meth:`Values.add`) and maxima kept atomically
+  (:meth:`Values.raise_to`, the match shard floor).
 
 Keys (``prefix`` is the store's): a part set ``name`` of job ``id`` is
 ``{prefix}:job:{id}:{name}`` (a hash: ``n``, ``ndone`` and per part ``run|<owner>|<lease
@@ -110,16 +110,16 @@ class Heartbeat:
 class JobLease:
     """A worker's hold on a whole job for one attempt (see :meth:`claim`).
 
-    ``claim`` is the store's answer: ``outcome`` ``claimed`` (the lease is held: work, then
-    :meth:`finish`), ``busy`` (another live worker holds it: retry after ``retry_after``
-    seconds), ``terminal`` (nothing to do) or ``exhausted`` (the store failed the job after
-    ``max_attempts`` claims)."""
+    ``answer`` is the store's answer to the claim; its ``outcome`` is ``claimed`` (the lease is
+    held: work, then :meth:`finish`), ``busy`` (another live worker holds it: retry after
+    ``retry_after`` seconds), ``terminal`` (nothing to do) or ``exhausted`` (the store failed
+    the job after ``max_attempts`` claims)."""
 
     store: JobStore
     job_id: str
     owner: str
     seconds: float
-    claim_: Claim
+    answer: Claim
 
     @classmethod
     def claim(cls, store: JobStore, job_id: str, owner: str, seconds: float) -> JobLease:
@@ -130,24 +130,24 @@ class JobLease:
 
     @property
     def outcome(self) -> Literal["claimed", "busy", "terminal", "exhausted"]:
-        return self.claim_.outcome
+        return self.answer.outcome
 
     @property
     def held(self) -> bool:
-        return self.claim_.outcome == "claimed"
+        return self.answer.outcome == "claimed"
 
     @property
     def attempts(self) -> int:
-        return self.claim_.attempts
+        return self.answer.attempts
 
     @property
     def retry_after(self) -> float:
-        return self.claim_.retry_after
+        return self.answer.retry_after
 
     @property
     def status(self) -> str:
         """The job's status when it was claimed (``running`` when held)."""
-        return self.claim_.status
+        return self.answer.status
 
     def report(self, done: int | None = None, total: int | None = None) -> str:
         """Renew the lease and record progress: ``ok``, ``cancel`` (stop and finish
@@ -611,6 +611,15 @@ class Values:
 
     def delete(self, scope: str) -> None:
         self.store.client.delete(self.key(scope))
+
+    def add(self, scope: str, n: int = 1) -> int:
+        """Add ``n`` to the scope's counter (from 0) and return the new count."""
+        key = self.key(scope)
+        pipe = self.store.client.pipeline()
+        pipe.incrby(key, n)
+        pipe.pexpire(key, max(1, int(self.ttl * 1000)))
+        count, _ = pipe.execute()
+        return int(count)
 
     def raise_to(self, scope: str, value: int) -> None:
         """Raise the scope's maximum to ``value`` (kept atomically whatever order the raises

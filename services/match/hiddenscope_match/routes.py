@@ -6,8 +6,8 @@ Paths (beside the ingest service behind one gateway, which owns ``/v1/datasets``
 ``/v1/datasets/{name_or_id}``): dataset sub-resources
 ``/v1/datasets/{name_or_id}/{info,layers/..,tokens,vocab,tracks/..,select,search,matches}`` and
 match jobs at the job resource both services share, ``/v1/jobs/{id}`` (ids ``match-…``; the
-gateway routes them here by that prefix; the routes are :func:`hiddenscope_service.job_resource.
-job_router`'s, mounted as :data:`job_routes`).
+gateway routes them here by that prefix): :data:`job_routes`, built by the shared
+:func:`~hiddenscope_service.job_resource.job_router`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def get_matches(request: Request) -> MatchJobs:
     return matches
 
 
-Service = Annotated[Browse, Depends(get_browse)]
+Browsing = Annotated[Browse, Depends(get_browse)]
 Search = Annotated[PhraseSearch, Depends(get_phrase_search)]
 Matches = Annotated[MatchJobs, Depends(get_matches)]
 DatasetRef = Annotated[str, Path(description="dataset name or id", max_length=200)]
@@ -152,13 +152,13 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 )
 def get_info(
     name_or_id: DatasetRef,
-    service: Service,
+    browse: Browsing,
     cell_stats: Annotated[bool, Query(description="include per-cell statistics")] = True,
     sequences_page_size: Annotated[int, Query(ge=1, description="sequences per page")] = 1000,
     sequences_page_token: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> DatasetInfo:
-    size = min(sequences_page_size, service.settings.max_sequences_page)
-    return service.info(
+    size = min(sequences_page_size, browse.settings.max_sequences_page)
+    return browse.info(
         name_or_id, cell_stats=cell_stats, page_size=size, page_token=sequences_page_token
     )
 
@@ -181,7 +181,7 @@ def get_states(
     request: Request,
     name_or_id: DatasetRef,
     layer: LayerRef,
-    service: Service,
+    browse: Browsing,
     start: StartQ = None,
     end: EndQ = None,
     sequence: SequenceQ = None,
@@ -191,10 +191,10 @@ def get_states(
         str | None, Query(max_length=200_000, description="comma-separated cell ids (default all)")
     ] = None,
 ) -> Response:
-    ds = service.dataset(name_or_id)
+    ds = browse.dataset(name_or_id)
     ds.layer(layer)
-    a, b = service.resolve_range(ds, start, end, sequence, offset, length)
-    values, sel = service.states(ds, layer, a, b, _parse_cells(cells))
+    a, b = browse.resolve_range(ds, start, end, sequence, offset, length)
+    values, sel = browse.states(ds, layer, a, b, _parse_cells(cells))
     if ARROW_STREAM in request.headers.get("accept", ""):
         flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=pa.float32())
         table = pa.table(
@@ -234,7 +234,7 @@ BinsQ = Annotated[int, Query(ge=1, description="number of bins (at most the step
 def get_summary(
     name_or_id: DatasetRef,
     layer: LayerRef,
-    service: Service,
+    browse: Browsing,
     start: SummaryStartQ = None,
     end: SummaryEndQ = None,
     bins: BinsQ = 500,
@@ -242,8 +242,8 @@ def get_summary(
         str | None, Query(max_length=200_000, description="comma-separated cell ids (default all)")
     ] = None,
 ) -> Response:
-    ds = service.dataset(name_or_id)
-    out = service.summary(ds, layer, start, end, bins, _parse_cells(cells))
+    ds = browse.dataset(name_or_id)
+    out = browse.summary(ds, layer, start, end, bins, _parse_cells(cells))
     return _json(out.model_dump(mode="json"))
 
 
@@ -259,7 +259,7 @@ def get_summary(
 def get_on_count_summary(
     name_or_id: DatasetRef,
     layer: LayerRef,
-    service: Service,
+    browse: Browsing,
     cells: Annotated[
         str, Query(max_length=200_000, description="comma-separated cell ids to count (S1)")
     ],
@@ -268,8 +268,8 @@ def get_on_count_summary(
     end: SummaryEndQ = None,
     bins: BinsQ = 500,
 ) -> Response:
-    ds = service.dataset(name_or_id)
-    out = service.on_count_summary(ds, layer, _parse_cells(cells), threshold, start, end, bins)
+    ds = browse.dataset(name_or_id)
+    out = browse.on_count_summary(ds, layer, _parse_cells(cells), threshold, start, end, bins)
     return _json(out.model_dump(mode="json"))
 
 
@@ -281,7 +281,7 @@ def get_on_count_summary(
 )
 def get_vocab(
     name_or_id: DatasetRef,
-    service: Service,
+    browse: Browsing,
     offset: Annotated[int, Query(ge=0, description="first id of the page")] = 0,
     limit: Annotated[int, Query(ge=1, description="ids per page")] = 1000,
     ids: Annotated[
@@ -289,13 +289,13 @@ def get_vocab(
         Query(max_length=200_000, description="comma-separated ids (instead of a page)"),
     ] = None,
 ) -> VocabPage:
-    ds = service.dataset(name_or_id)
+    ds = browse.dataset(name_or_id)
     id_list = None
     if ids is not None:
         if not _CELLS.match(ids):
             raise InvalidQuery("ids must be comma-separated token ids, e.g. ids=0,5,17")
         id_list = [int(x) for x in ids.split(",")]
-    return service.vocab(ds, offset, limit, id_list)
+    return browse.vocab(ds, offset, limit, id_list)
 
 
 @router.get(
@@ -306,16 +306,16 @@ def get_vocab(
 )
 def get_tokens(
     name_or_id: DatasetRef,
-    service: Service,
+    browse: Browsing,
     start: StartQ = None,
     end: EndQ = None,
     sequence: SequenceQ = None,
     offset: OffsetQ = 0,
     length: LengthQ = None,
 ) -> TokensWindow:
-    ds = service.dataset(name_or_id)
-    a, b = service.resolve_range(ds, start, end, sequence, offset, length)
-    return service.tokens(ds, a, b)
+    ds = browse.dataset(name_or_id)
+    a, b = browse.resolve_range(ds, start, end, sequence, offset, length)
+    return browse.tokens(ds, a, b)
 
 
 @router.get(
@@ -327,17 +327,17 @@ def get_tokens(
 def get_track(
     name_or_id: DatasetRef,
     track: Annotated[str, Path(max_length=200)],
-    service: Service,
+    browse: Browsing,
     start: StartQ = None,
     end: EndQ = None,
     sequence: SequenceQ = None,
     offset: OffsetQ = 0,
     length: LengthQ = None,
 ) -> Response:
-    ds = service.dataset(name_or_id)
+    ds = browse.dataset(name_or_id)
     ds.manifest.track(track)
-    a, b = service.resolve_range(ds, start, end, sequence, offset, length)
-    return _json(service.track(ds, track, a, b).model_dump(mode="json"))
+    a, b = browse.resolve_range(ds, start, end, sequence, offset, length)
+    return _json(browse.track(ds, track, a, b).model_dump(mode="json"))
 
 
 @router.get(
@@ -353,13 +353,13 @@ def get_track(
 def get_track_summary(
     name_or_id: DatasetRef,
     track: Annotated[str, Path(max_length=200)],
-    service: Service,
+    browse: Browsing,
     start: SummaryStartQ = None,
     end: SummaryEndQ = None,
     bins: BinsQ = 500,
 ) -> Response:
-    ds = service.dataset(name_or_id)
-    out = service.track_summary(ds, track, start, end, bins)
+    ds = browse.dataset(name_or_id)
+    out = browse.track_summary(ds, track, start, end, bins)
     return _json(out.model_dump(mode="json"))
 
 
@@ -369,8 +369,8 @@ def get_track_summary(
     summary="S1: cells on over [start, end) and off around it; per-step counts over a window",
     responses=problem_responses(404, 422),
 )
-def post_select(name_or_id: DatasetRef, query: SelectQuery, service: Service) -> SelectResult:
-    return service.select(name_or_id, query)
+def post_select(name_or_id: DatasetRef, query: SelectQuery, browse: Browsing) -> SelectResult:
+    return browse.select(name_or_id, query)
 
 
 @router.get(
@@ -383,7 +383,7 @@ def post_select(name_or_id: DatasetRef, query: SelectQuery, service: Service) ->
 )
 def get_search(
     name_or_id: DatasetRef,
-    service: Search,
+    search: Search,
     q: Annotated[
         str | None, Query(max_length=10_000, description="token texts separated by spaces")
     ] = None,
@@ -398,8 +398,8 @@ def get_search(
         bool, Query(description="skip occurrences that run across a sequence boundary")
     ] = False,
 ) -> SearchResult:
-    limit = min(limit, service.settings.max_search_results)
-    return service.search(name_or_id, q, ids, limit, from_step, within_sequence)
+    limit = min(limit, search.settings.max_search_results)
+    return search.search(name_or_id, q, ids, limit, from_step, within_sequence)
 
 
 WaitQ = Annotated[
@@ -420,17 +420,17 @@ async def post_match(
     name_or_id: DatasetRef,
     body: MatchRequest,
     response: Response,
-    service: Matches,
+    matches: Matches,
     idempotency_key: IdempotencyKey = None,
     wait: WaitQ = None,
     prefer: PreferH = None,
     page_size: PageSize = None,
 ) -> MatchJobResource:
-    job, _created = await run_in_threadpool(service.submit, name_or_id, body, idempotency_key)
-    seconds = wait_seconds(wait, prefer, service.max_wait_seconds)
+    job, _created = await run_in_threadpool(matches.submit, name_or_id, body, idempotency_key)
+    seconds = wait_seconds(wait, prefer, matches.max_wait_seconds)
     if seconds > 0:
-        await wait_until_terminal(lambda: service.job_status(job.id), seconds)
-        job = await run_in_threadpool(service.job, job.id)
+        await wait_until_terminal(lambda: matches.job_status(job.id), seconds)
+        job = await run_in_threadpool(matches.job, job.id)
         if prefer and "wait" in prefer:
             response.headers["Preference-Applied"] = f"wait={seconds:g}"
     response.headers["Location"] = job_path(job.id)
@@ -439,7 +439,7 @@ async def post_match(
     else:
         response.status_code = 202
         response.headers["Retry-After"] = "1"
-    return await run_in_threadpool(service.render_job, job, ResultView(page_size=page_size))
+    return await run_in_threadpool(matches.render_job, job, ResultView(page_size=page_size))
 
 
 def result_view(
