@@ -209,7 +209,7 @@ def test_rerun_after_publish_before_the_job_was_marked(
     first = store.get(job_id).result
     # simulate a crash between the atomic publish and the job's final transition
     (settings.layout.uploads_dir / "published-once").mkdir(parents=True)
-    store.client.hset(
+    ingest_stack.redis.client().hset(
         f"hiddenscope:ingest:job:{job_id}",
         mapping={"status": "running", "owner": "w1", "lease_until": "0"},
     )

@@ -15,7 +15,7 @@ from hiddenscope_ingest.reconcile import reconcile
 from hiddenscope_ingest.settings import IngestSettings
 from hiddenscope_ingest.tasknames import JOB_KIND, RECONCILE_TASK_NAME
 from hiddenscope_ingest.worker import run_conversion
-from hiddenscope_service.celery_app import make_celery
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
 
 from tests.services.ingest.conftest import IngestStack, wait_job
@@ -141,8 +141,9 @@ def test_reconcile_task_on_the_real_worker(client: httpx.Client, ingest_stack: I
     store = JobStore.from_url(settings.redis_url, prefix="hiddenscope:ingest")
     job_id = _job(settings, "rc-lost-message", store)
     # make it look old: queued longer than the default requeue_after_seconds
-    store.client.hset(f"hiddenscope:ingest:job:{job_id}", "updated_at", str(store.now() - 3600))
-    celery = make_celery("rc-test", broker_url=ingest_stack.redis.url, queue="ingest")
+    redis = ingest_stack.redis.client()
+    redis.hset(f"hiddenscope:ingest:job:{job_id}", "updated_at", str(store.now() - 3600))
+    celery = service_celery("rc-test", lambda: settings)
     celery.send_task(RECONCILE_TASK_NAME, queue="ingest")  # no result backend: watch the job
     job = wait_job(client, f"/v1/jobs/{job_id}")
     assert store.get_note(job_id, "requeued_at")
