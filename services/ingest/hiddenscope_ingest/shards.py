@@ -38,6 +38,9 @@ from hiddenscope_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
+SpawnHelpers = Callable[[str, str, int], None]
+"""``spawn_helpers(build_id, phase, n)``: enqueue ``n`` helper tasks for a phase's shards."""
+
 
 def shard_parts(store: JobStore, job_id: str, build_id: str, phase: str) -> Parts:
     """The parts of ``phase`` of build ``build_id`` of job ``job_id`` (no attempt cap)."""
@@ -64,7 +67,7 @@ def _work_off(
 def shard_runner(
     job: JobLease,
     settings: IngestSettings,
-    spawn_helpers: Callable[[str, str, int], None] | None,
+    spawn_helpers: SpawnHelpers | None,
     poll_seconds: float = 0.2,
 ) -> Callable[[DatasetWriter, str, list[LayerTask], Work, Callable[[int], None]], None]:
     """The ``run_shards`` of the worker holding ``job``: post the phase, call ``spawn_helpers(

@@ -27,14 +27,15 @@ from hiddenscope_ingest.loaders.archives import extract_archive
 from hiddenscope_ingest.manifest import IngestManifest
 from hiddenscope_ingest.plan import build_plan
 from hiddenscope_ingest.settings import IngestSettings
-from hiddenscope_ingest.shards import shard_runner
+from hiddenscope_ingest.shards import SpawnHelpers, shard_runner
 from hiddenscope_ingest.tasknames import TRACKS_OP
 from hiddenscope_ingest.track_attempt import attempt_tracks
 
 log = logging.getLogger(__name__)
 
-SpawnHelpers = Callable[[str, str, int], None]
-"""``spawn_helpers(build_id, phase, n)``: enqueue ``n`` helper tasks for a phase's shards."""
+Attempt = Callable[[Job, JobLease, IngestSettings, Path, Path, SpawnHelpers | None], Outcome]
+"""``attempt(job, lease, settings, source_dir, work, spawn_helpers)``: one attempt at a job
+under its lease (a conversion or a track change)."""
 
 
 def run_conversion(
@@ -87,7 +88,7 @@ def run_conversion(
     return store.get(job_id).status
 
 
-def _attempt_of(job: Job) -> Callable[..., Outcome]:
+def _attempt_of(job: Job) -> Attempt:
     """The attempt function of ``job``: a conversion, or a change of a published dataset's
     tracks (payload ``op: tracks``), so that whichever task delivers the job (``ingest.tracks``,
     or ``ingest.convert`` from the reconciler) runs it."""
