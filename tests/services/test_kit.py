@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from hiddenscope_core.errors import InvalidQuery
 from hiddenscope_service.celery_app import (
     celery_config,
-    make_celery,
     redis_eviction_advice,
     service_celery,
 )
@@ -107,7 +106,7 @@ def test_idempotency_keys(store: JobStore) -> None:
         store.lookup_idempotent("key", h2)
 
 
-def test_cancel_leases_and_attempt_cap(store: JobStore) -> None:
+def test_cancel_leases_and_attempt_cap(store: JobStore, redis_server: RedisServer) -> None:
     queued, _ = store.create("k", {})
     assert store.request_cancel(queued.id).status == "cancelled"
     assert store.claim(queued.id, "w", 30).outcome == "terminal"
@@ -123,14 +122,15 @@ def test_cancel_leases_and_attempt_cap(store: JobStore) -> None:
     busy = store.claim(job.id, "b", 30)
     assert busy.outcome == "busy"
     assert 0 < busy.retry_after <= 30
-    store.client.hset(store._job_key(job.id), "lease_until", "0")  # the holder died
+    redis = redis_server.client()
+    redis.hset(store._job_key(job.id), "lease_until", "0")  # the holder died
     assert store.claim(job.id, "b", 30).outcome == "claimed"
-    store.client.hset(store._job_key(job.id), "lease_until", "0")
+    redis.hset(store._job_key(job.id), "lease_until", "0")
     exhausted = store.claim(job.id, "c", 30)
     assert exhausted.outcome == "exhausted"
     assert exhausted.attempts == 3
     assert store.get(job.id).status == "failed"
-    assert store.client.ttl(store._job_key(job.id)) > 0  # finished jobs expire
+    assert redis.ttl(store._job_key(job.id)) > 0  # finished jobs expire
 
 
 class Item(BaseModel):
@@ -205,8 +205,6 @@ def test_celery_settings(redis_server: RedisServer) -> None:
     assert conf["broker_transport_options"]["visibility_timeout"] == 20
     with pytest.raises(ValueError, match="visibility_timeout"):
         celery_config(broker_url="redis://x", queue="q", task_time_limit=20, visibility_timeout=20)
-    app = make_celery("t", broker_url="redis://x", queue="q")
-    assert app.conf.task_default_queue == "q"
 
     class Demo(ServiceSettings):
         model_config = SettingsConfigDict(env_prefix="HIDDENSCOPE_DEMO_", extra="ignore")

@@ -123,18 +123,6 @@ def service_celery(
     return app
 
 
-def make_celery(name: str, *, include: Sequence[str] = (), **config: Any) -> Celery:
-    """A configured Celery app (no connection is made until a task is sent or a worker starts).
-
-    ``config`` takes the arguments of :func:`celery_config`. For a worker module that must not
-    read settings at import, create ``Celery(name, include=...)`` and call
-    ``config_from_object("<module>")`` with a module built from :func:`celery_config` instead.
-    """
-    app = Celery(name, include=list(include), set_as_current=False)
-    app.conf.update(celery_config(**config))
-    return app
-
-
 def redis_eviction_advice(client: redis.Redis) -> str | None:
     """``None`` if Redis evicts nothing, else a sentence saying what to configure."""
     try:

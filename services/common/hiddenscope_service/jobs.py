@@ -286,7 +286,8 @@ def _ts(value: str | None) -> datetime | None:
 class JobStore:
     """Jobs of one service in Redis. Thread-safe (redis-py clients are); cheap to construct.
 
-    ``client`` must be created with ``decode_responses=True``.
+    ``client`` must be created with ``decode_responses=True``. It stays private to this package:
+    besides the store, only the job workflow (:mod:`hiddenscope_service.workflow`) talks to it.
     """
 
     def __init__(
@@ -297,7 +298,7 @@ class JobStore:
         ttl_seconds: int = 7 * 24 * 3600,
         max_attempts: int = 3,
     ) -> None:
-        self.client = client
+        self._client = client
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self.max_attempts = max_attempts
@@ -335,7 +336,7 @@ class JobStore:
 
         Raises :class:`IdempotencyConflict` if that request had a different body hash. Call it
         before expensive validation; :meth:`create` repeats the check atomically."""
-        raw = self.client.get(self._idem_key(idempotency_key))
+        raw = self._client.get(self._idem_key(idempotency_key))
         if not raw:
             return None
         old_id, _, old_hash = str(raw).partition(" ")
@@ -348,10 +349,10 @@ class JobStore:
 
     def set_note(self, job_id: str, key: str, value: str) -> None:
         """Record a worker-side fact on the job (e.g. the staging directory of an attempt)."""
-        self.client.hset(self._job_key(job_id), f"note:{key}", value)
+        self._client.hset(self._job_key(job_id), f"note:{key}", value)
 
     def get_note(self, job_id: str, key: str) -> str | None:
-        value = self.client.hget(self._job_key(job_id), f"note:{key}")
+        value = self._client.hget(self._job_key(job_id), f"note:{key}")
         return None if value is None else str(value)
 
     def create(
@@ -399,7 +400,7 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         """The job; raises :class:`JobNotFound`."""
-        raw: dict[str, str] = self.client.hgetall(self._job_key(job_id)) if job_id else {}  # type: ignore[assignment]
+        raw: dict[str, str] = self._client.hgetall(self._job_key(job_id)) if job_id else {}  # type: ignore[assignment]
         if not raw:
             raise JobNotFound(f"no job {job_id!r} (unknown, or expired after it finished)")
         return Job(
@@ -422,7 +423,7 @@ class JobStore:
 
     def status(self, job_id: str) -> str | None:
         """The job's status alone (one ``HGET``; ``None`` if unknown): what a wait polls."""
-        value = self.client.hget(self._job_key(job_id), "status") if job_id else None
+        value = self._client.hget(self._job_key(job_id), "status") if job_id else None
         return None if value is None else str(value)
 
     def get_of_kind(self, job_id: str, kind: str) -> Job:
@@ -444,7 +445,7 @@ class JobStore:
 
     def now(self) -> float:
         """The Redis server's clock (seconds), the one every lease is measured with."""
-        sec, usec = self.client.time()
+        sec, usec = self._client.time()
         return float(sec) + float(usec) / 1e6
 
     def unfinished(self, kind: str | None = None) -> list[UnfinishedJob]:
@@ -452,12 +453,12 @@ class JobStore:
         index to keep consistent; cheap for the thousands of jobs a lab server holds)."""
         out: list[UnfinishedJob] = []
         fields = ["id", "kind", "status", "lease_until", "updated_at", "attempts", "payload"]
-        for key in self.client.scan_iter(match=f"{self.prefix}:job:*", count=1000):
+        for key in self._client.scan_iter(match=f"{self.prefix}:job:*", count=1000):
             name = str(key)
             if name.count(":") != self.prefix.count(":") + 2:
                 continue  # the part sets of a job (hiddenscope_service.workflow.Parts)
             try:
-                values = self.client.hmget(name, fields)
+                values = self._client.hmget(name, fields)
             except redis.ResponseError:
                 continue  # not a hash
             job_id, kind_of_job, status, lease, updated, attempts, payload = values
@@ -481,20 +482,20 @@ class JobStore:
 
     def notes(self, job_id: str) -> dict[str, str]:
         """Every ``set_note`` value of the job."""
-        raw: dict[str, str] = self.client.hgetall(self._job_key(job_id))  # type: ignore[assignment]
+        raw: dict[str, str] = self._client.hgetall(self._job_key(job_id))  # type: ignore[assignment]
         return {k[5:]: v for k, v in raw.items() if k.startswith("note:")}
 
     def exists(self, job_id: str) -> bool:
-        return int(self.client.exists(self._job_key(job_id))) > 0
+        return int(self._client.exists(self._job_key(job_id))) > 0
 
     def ping(self) -> None:
         """Check that Redis answers (raises ``redis.RedisError`` if not): the health check."""
-        self.client.ping()
+        self._client.ping()
 
     @property
     def location(self) -> str:
         """Where the store's Redis is (``host:port`` or a socket path), for messages."""
-        kwargs = self.client.connection_pool.connection_kwargs
+        kwargs = self._client.connection_pool.connection_kwargs
         return str(kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}")
 
     # -- worker side ---------------------------------------------------------------------------

@@ -445,7 +445,7 @@ class Parts:
         self._attempts_key = f"{self.key}:attempts"
         self._results_key = f"{self.key}:results"
         self._job_key = f"{store.prefix}:job:{job_id}"
-        client = store.client
+        client = store._client
         self._claim = client.register_script(_CLAIM_PART)
         self._renew = client.register_script(_RENEW_PART)
         self._done = client.register_script(_DONE_PART)
@@ -453,7 +453,7 @@ class Parts:
 
     def post(self, n: int) -> None:
         """(Re)create the set with ``n`` parts, none claimed, none done."""
-        pipe = self.store.client.pipeline()
+        pipe = self.store._client.pipeline()
         pipe.delete(self.key, self._attempts_key, self._results_key)
         pipe.hset(self.key, mapping={"n": n, "ndone": 0})
         pipe.expire(self.key, self.store.ttl_seconds)
@@ -521,7 +521,7 @@ class Parts:
         )  # fmt: skip
 
     def state(self) -> PartsState:
-        raw: dict[str, str] = self.store.client.hgetall(self.key)  # type: ignore[assignment]
+        raw: dict[str, str] = self.store._client.hgetall(self.key)  # type: ignore[assignment]
         total = int(raw.pop("n", 0))
         raw.pop("ndone", None)
         done = sum(1 for v in raw.values() if v == "done")
@@ -530,12 +530,12 @@ class Parts:
 
     def results(self) -> dict[int, str]:
         """The recorded results by part index."""
-        raw: dict[str, str] = self.store.client.hgetall(self._results_key)  # type: ignore[assignment]
+        raw: dict[str, str] = self.store._client.hgetall(self._results_key)  # type: ignore[assignment]
         return {int(k): v for k, v in raw.items()}
 
     def drop(self) -> None:
         """Forget the set: later claims find it ``gone``."""
-        self.store.client.delete(self.key, self._attempts_key, self._results_key)
+        self.store._client.delete(self.key, self._attempts_key, self._results_key)
 
 
 # --------------------------------------------------------------------------------- locks
@@ -553,7 +553,7 @@ class Lock:
     def __init__(self, store: JobStore, name: str) -> None:
         self.store = store
         self.name = name
-        self._release = store.client.register_script(_RELEASE)
+        self._release = store._client.register_script(_RELEASE)
 
     def key(self, scope: str = "") -> str:
         base = f"{self.store.prefix}:{self.name}"
@@ -562,14 +562,14 @@ class Lock:
     def acquire(self, ttl: float, scope: str = "") -> str | None:
         """The holder's token if the lock was free (now held for ``ttl`` seconds), else ``None``."""
         token = f"{worker_owner()}:{secrets.token_hex(8)}"
-        ok = self.store.client.set(self.key(scope), token, nx=True, px=max(1, int(ttl * 1000)))
+        ok = self.store._client.set(self.key(scope), token, nx=True, px=max(1, int(ttl * 1000)))
         return token if ok else None
 
     def release(self, scope: str = "", token: str | None = None) -> bool:
         """Release the lock: with ``token`` only if that holder still has it; without, whoever
         holds it (a worker ending what another process locked for it)."""
         if token is None:
-            return int(self.store.client.delete(self.key(scope))) > 0
+            return int(self.store._client.delete(self.key(scope))) > 0
         return bool(self._release(keys=[self.key(scope)], args=[token]))
 
     @contextlib.contextmanager
@@ -602,20 +602,20 @@ class Values:
         return f"{self.store.prefix}:{self.name}:{scope}"
 
     def get(self, scope: str) -> str | None:
-        value = self.store.client.get(self.key(scope))
+        value = self.store._client.get(self.key(scope))
         return None if value is None else str(value)
 
     def put(self, scope: str, value: str, ttl: float | None = None) -> None:
         seconds = self.ttl if ttl is None else ttl
-        self.store.client.set(self.key(scope), value, px=max(1, int(seconds * 1000)))
+        self.store._client.set(self.key(scope), value, px=max(1, int(seconds * 1000)))
 
     def delete(self, scope: str) -> None:
-        self.store.client.delete(self.key(scope))
+        self.store._client.delete(self.key(scope))
 
     def add(self, scope: str, n: int = 1) -> int:
         """Add ``n`` to the scope's counter (from 0) and return the new count."""
         key = self.key(scope)
-        pipe = self.store.client.pipeline()
+        pipe = self.store._client.pipeline()
         pipe.incrby(key, n)
         pipe.pexpire(key, max(1, int(self.ttl * 1000)))
         count, _ = pipe.execute()
@@ -625,12 +625,12 @@ class Values:
         """Raise the scope's maximum to ``value`` (kept atomically whatever order the raises
         come in; a sorted set with ``ZADD GT``)."""
         key = self.key(scope)
-        pipe = self.store.client.pipeline()
+        pipe = self.store._client.pipeline()
         pipe.zadd(key, {self._MAX: value}, gt=True)
         pipe.pexpire(key, max(1, int(self.ttl * 1000)))
         pipe.execute()
 
     def maximum(self, scope: str, default: int = 0) -> int:
         """The largest value raised to (``default`` if none)."""
-        score = self.store.client.zscore(self.key(scope), self._MAX)
+        score = self.store._client.zscore(self.key(scope), self._MAX)
         return default if score is None else int(score)

@@ -11,15 +11,16 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_service.app_parts import add_health_route, install_openapi
-from hiddenscope_service.celery_app import make_celery
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.problems import Problem, install_problem_handlers
 
 from hiddenscope_ingest.reconcile import reconcile
-from hiddenscope_ingest.routes import PathIngestRequest, router
-from hiddenscope_ingest.service import TASK_NAME, IngestService
+from hiddenscope_ingest.routes import PathIngestRequest, job_routes, router
 from hiddenscope_ingest.settings import IngestSettings, get_settings
-from hiddenscope_ingest.versions import TRACKS_TASK_NAME, VersionsService
+from hiddenscope_ingest.submission import IngestService
+from hiddenscope_ingest.tasknames import STORE_PREFIX, TASK_NAME, TRACKS_TASK_NAME
+from hiddenscope_ingest.track_submission import VersionsService
 from hiddenscope_ingest.versions_routes import PathTracksRequest
 from hiddenscope_ingest.versions_routes import router as versions_router
 
@@ -62,19 +63,8 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    store = JobStore.from_url(
-        settings.redis_url,
-        prefix="hiddenscope:ingest",
-        ttl_seconds=settings.job_ttl_seconds,
-        max_attempts=settings.max_attempts,
-    )
-    celery = make_celery(
-        "hiddenscope_ingest_api",
-        broker_url=settings.celery_broker_url,
-        queue=settings.queue,
-        task_time_limit=settings.task_time_limit,
-        visibility_timeout=settings.visibility_timeout,
-    )
+    store = JobStore.for_service(settings, STORE_PREFIX)
+    celery = service_celery("hiddenscope_ingest_api", lambda: settings)
 
     def enqueue(job_id: str) -> None:
         celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue)
@@ -83,8 +73,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         celery.send_task(TRACKS_TASK_NAME, args=[job_id], queue=settings.queue)
 
     app.state.service = IngestService(settings=settings, store=store, enqueue=enqueue)
-    app.state.versions = VersionsService(app.state.service, enqueue_tracks)
+    app.state.versions = VersionsService(settings=settings, store=store, enqueue=enqueue_tracks)
     app.include_router(router)
+    app.include_router(job_routes)
     app.include_router(versions_router)
 
     add_health_route(app, store)

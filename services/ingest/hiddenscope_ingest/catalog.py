@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from hiddenscope_core.errors import NotFound
+from hiddenscope_core.layout import Layout
 from hiddenscope_core.models import DatasetManifest
 from hiddenscope_core.reader import Catalog
 
 
 class DatasetCatalog:
-    def __init__(self, data_root: Path) -> None:
-        self.root = data_root
-        self.core = Catalog(data_root)
+    """The published datasets of the data root ``layout`` describes."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.core = Catalog(layout.root)
 
     def list(self) -> list[DatasetManifest]:
         """Published datasets, sorted by name."""
@@ -29,7 +31,7 @@ class DatasetCatalog:
         self.core.delete(name_or_id)
 
     def name_taken(self, name: str) -> bool:
-        return os.path.lexists(self.root / "names" / name)
+        return os.path.lexists(self.layout.name_link(name))
 
     def find_by_job(self, name: str, job_id: str) -> DatasetManifest | None:
         """The dataset ``name`` if job ``job_id`` published it (an earlier attempt of a re-run)."""

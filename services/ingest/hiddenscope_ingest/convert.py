@@ -73,10 +73,6 @@ def shard_work(
     return b - a
 
 
-class Cancelled(Exception):
-    """Raised by a progress callback when the job was cancelled."""
-
-
 def total_units(plan: Plan) -> int:
     """Progress units: steps of the tokens and of every track, and twice every layer's (its
     shards are written, then indexed)."""
@@ -146,7 +142,7 @@ def convert(
     ``shard_steps`` steps run by ``run_shards``.
 
     Raises the core's ``Conflict`` (409) when the name is taken at publication, 4xx errors for
-    bad data, :class:`Cancelled` if ``progress`` raised it; never leaves staging behind."""
+    bad data, whatever ``progress`` raised (a cancellation); never leaves staging behind."""
     m = plan.manifest
     T = plan.n_steps
     total = total_units(plan)

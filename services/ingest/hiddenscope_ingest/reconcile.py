@@ -3,8 +3,8 @@ attempts left on disk. Redis and the broker are not a system of record (a lost m
 Redis restart without AOF, a worker killed between claim and ack), so the job store is
 compared with the queue and the disk periodically — without ``celery beat``:
 
-* the API runs one pass at startup and then every ``reconcile_interval_seconds`` (a Redis lock
-  makes concurrent API replicas take turns);
+* the API runs one pass at startup and then every ``reconcile_interval_seconds`` (a lock,
+  :class:`~hiddenscope_service.workflow.Lock`, makes concurrent API replicas take turns);
 * the Celery task ``hiddenscope_ingest.reconcile`` runs one pass (e.g. from cron via
   ``celery call``);
 * the CLI ``python -m hiddenscope_ingest.reconcile [--dry-run]`` runs one pass.
@@ -35,19 +35,25 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hiddenscope_core.layout import WORK_SUFFIX
 from hiddenscope_core.versions import collect_superseded
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
+from hiddenscope_service.workflow import Lock
 
-from hiddenscope_ingest.service import JOB_KIND, TASK_NAME
-from hiddenscope_ingest.settings import IngestSettings
+from hiddenscope_ingest.settings import IngestSettings, get_settings
+from hiddenscope_ingest.tasknames import JOB_KIND, STORE_PREFIX, TASK_NAME
 
 log = logging.getLogger(__name__)
+
+LOCK_NAME = "reconcile-lock"
+LOCK_SECONDS = 300
+"""A pass holds the reconcile lock at most this long (it expires if the process dies)."""
 
 
 @dataclass
@@ -95,16 +101,14 @@ def reconcile(
     """One reconciliation pass (see the module docstring). ``lock``: skip the pass if another
     process holds the reconcile lock."""
     report = ReconcileReport()
-    lock_key = f"{store.prefix}:reconcile-lock"
-    token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
-    if lock and not store.client.set(lock_key, token, nx=True, ex=300):
-        report.skipped = True
-        return report
-    try:
+    if lock:
+        with Lock(store, LOCK_NAME).held(LOCK_SECONDS) as got:
+            if not got:
+                report.skipped = True
+                return report
+            _pass(settings, store, enqueue, dry_run, report)
+    else:
         _pass(settings, store, enqueue, dry_run, report)
-    finally:
-        if lock and store.client.get(lock_key) == token:
-            store.client.delete(lock_key)
     if (
         report.requeued
         or report.removed_staging
@@ -145,7 +149,8 @@ def _pass(
 
     # 2. staging directories of dead attempts
     wall = time.time()
-    staging = settings.data_root / "staging"
+    layout = settings.layout
+    staging = layout.staging_dir
     if staging.is_dir():
         for entry in sorted(staging.iterdir()):
             if entry.name in live_staging:
@@ -157,7 +162,7 @@ def _pass(
                 shutil.rmtree(entry, ignore_errors=True)
 
     # builds an abort could not remove at once (a writer was still busy in them)
-    trash = settings.data_root / "trash"
+    trash = layout.trash_dir
     if trash.is_dir():
         for entry in sorted(trash.iterdir()):
             if wall - newest_mtime(entry) < settings.leftover_after_seconds:
@@ -167,10 +172,10 @@ def _pass(
                 shutil.rmtree(entry, ignore_errors=True)
 
     # 3. uploads and work directories of finished or forgotten jobs
-    uploads = settings.uploads_path
+    uploads = layout.uploads_dir
     if uploads.is_dir():
         for entry in sorted(uploads.iterdir()):
-            job_id = entry.name.removesuffix(".work")
+            job_id = entry.name.removesuffix(WORK_SUFFIX)
             if job_id in live_jobs:
                 continue
             if wall - newest_mtime(entry) < settings.leftover_after_seconds:
@@ -186,21 +191,13 @@ def _pass(
 
     # 4. superseded dataset versions, after their grace period
     report.removed_versions = collect_superseded(
-        settings.data_root, settings.superseded_grace_seconds, dry_run=dry_run
+        layout.root, settings.superseded_grace_seconds, dry_run=dry_run
     )
 
 
 def make_enqueue(settings: IngestSettings) -> Callable[[str], None]:
     """``enqueue(job_id)`` sending ``ingest.convert`` to the ingest queue (for the CLI)."""
-    from hiddenscope_service.celery_app import make_celery
-
-    celery = make_celery(
-        "hiddenscope_ingest_reconcile",
-        broker_url=settings.celery_broker_url,
-        queue=settings.queue,
-        task_time_limit=settings.task_time_limit,
-        visibility_timeout=settings.visibility_timeout,
-    )
+    celery = service_celery("hiddenscope_ingest_reconcile", lambda: settings)
 
     def enqueue(job_id: str) -> None:
         celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue)
@@ -212,13 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="One reconciliation pass of the ingest service")
     ap.add_argument("--dry-run", action="store_true", help="report, change nothing")
     args = ap.parse_args(argv)
-    from hiddenscope_ingest.settings import get_settings
-
     settings = get_settings()
-    store = JobStore.from_url(
-        settings.redis_url, prefix="hiddenscope:ingest", ttl_seconds=settings.job_ttl_seconds,
-        max_attempts=settings.max_attempts,
-    )  # fmt: skip
+    store = JobStore.for_service(settings, STORE_PREFIX)
     report = reconcile(settings, store, make_enqueue(settings), dry_run=args.dry_run)
     print(json.dumps(report.as_dict(), indent=2))
 

@@ -43,7 +43,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hiddenscope_service.problems import ProblemError
+from hiddenscope_core.reader import open_dataset
+from hiddenscope_service.problems import ProblemError, problem_from_exception
+
+from hiddenscope_ingest.errors import TooLarge
+from hiddenscope_ingest.loaders import resolve_file
+from hiddenscope_ingest.loaders.archives import extract_archive
+from hiddenscope_ingest.loaders.base import Limits
+from hiddenscope_ingest.manifest import IngestManifest, TracksManifest
+from hiddenscope_ingest.plan import build_plan
+from hiddenscope_ingest.rlimits import limit_data
+from hiddenscope_ingest.tasknames import TRACKS_OP
+from hiddenscope_ingest.track_plan import build_tracks_plan
 
 _PRELOAD = [
     "numpy",
@@ -53,7 +64,7 @@ _PRELOAD = [
     "hiddenscope_ingest.loaders.numpy_files",
     "hiddenscope_ingest.loaders.safetensors_files",
     "hiddenscope_ingest.loaders.arrow_files",
-    "hiddenscope_ingest.versions",
+    "hiddenscope_ingest.track_plan",
 ]
 _ctx: Any = None
 
@@ -65,26 +76,6 @@ def _context() -> Any:
         ctx.set_forkserver_preload(_PRELOAD)
         _ctx = ctx
     return _ctx
-
-
-def _data_size() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def limit_data(extra_bytes: int) -> None:
-    """Cap this process's heap (``RLIMIT_DATA``) at its current size + ``extra_bytes``."""
-    want = _data_size() + extra_bytes
-    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (want, hard))
 
 
 def _child(conn: multiprocessing.connection.Connection, job: dict[str, Any]) -> None:
@@ -99,8 +90,6 @@ def _child(conn: multiprocessing.connection.Connection, job: dict[str, Any]) -> 
         except MemoryError:
             outcome = ("error", 422, "Unprocessable content", _LIMIT_MESSAGE)
         except Exception as exc:
-            from hiddenscope_service.problems import problem_from_exception
-
             p = problem_from_exception(exc)
             outcome = ("error", p.status, p.title, p.detail or "")
         conn.send(outcome)
@@ -116,16 +105,8 @@ _LIMIT_MESSAGE = (
 
 def deep_check(job: dict[str, Any]) -> None:
     """The check itself (also callable in-process, e.g. from tests): raises 4xx errors."""
-    from hiddenscope_ingest.errors import TooLarge
-    from hiddenscope_ingest.loaders.archives import extract_archive
-    from hiddenscope_ingest.loaders.base import Limits
-    from hiddenscope_ingest.manifest import IngestManifest
-    from hiddenscope_ingest.plan import build_plan
-
-    if job.get("op") == "tracks":  # tracks added to a published dataset
-        from hiddenscope_ingest.versions import deep_check_tracks
-
-        deep_check_tracks(job)
+    if job.get("op") == TRACKS_OP:  # tracks added to a published dataset
+        _deep_check_tracks(job)
         return
     manifest = IngestManifest.model_validate(job["manifest"])
     limits = Limits(**job["limits"])
@@ -137,8 +118,6 @@ def deep_check(job: dict[str, Any]) -> None:
         if manifest.archive is not None:
             if scratch is None:
                 return  # too large to check here; the worker extracts it
-            from hiddenscope_ingest.loaders import resolve_file
-
             extracted = scratch / "extracted"
             cap = int(job.get("archive_check_bytes") or limits.max_archive_bytes)
             check_limits = dataclasses.replace(
@@ -153,6 +132,22 @@ def deep_check(job: dict[str, Any]) -> None:
             root = extracted
         plan = build_plan(manifest, root, limits, work_dir=scratch if job["deep_text"] else None)
         plan.close()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _deep_check_tracks(job: dict[str, Any]) -> None:
+    """The check of tracks to add to the published dataset at ``job["dataset"]``."""
+    manifest = TracksManifest.model_validate(job["manifest"])
+    limits = Limits(**job["limits"])
+    scratch = Path(job["scratch"]) if job.get("scratch") else None
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        ds = open_dataset(job["dataset"])
+        work = scratch if job.get("deep_text") else None
+        build_tracks_plan(manifest, ds, Path(job["root"]), limits, work).close()
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from hiddenscope_core.layout import Layout
 from hiddenscope_service.settings import ServiceSettings, load_settings
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+
+from hiddenscope_ingest.loaders.base import Limits
 
 
 class IngestSettings(ServiceSettings):
@@ -117,8 +120,20 @@ class IngestSettings(ServiceSettings):
         return v
 
     @property
-    def uploads_path(self) -> Path:
-        return self.upload_dir or (self.data_root / "uploads")
+    def layout(self) -> Layout:
+        """The paths of the data root (uploads under ``upload_dir`` when it is set)."""
+        return Layout(self.data_root, uploads=self.upload_dir)
+
+    @property
+    def limits(self) -> Limits:
+        """The loaders' limits on what an input may declare or expand to."""
+        return Limits(
+            max_array_bytes=self.max_array_bytes,
+            max_archive_bytes=self.max_archive_bytes,
+            max_archive_members=self.max_archive_members,
+            max_compression_ratio=self.max_compression_ratio,
+            max_vocab_size=self.max_vocab_size,
+        )
 
 
 @functools.cache

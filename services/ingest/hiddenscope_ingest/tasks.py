@@ -1,5 +1,6 @@
 """Celery tasks of the ingest service (queue ``ingest``): thin wrappers around
-:func:`hiddenscope_ingest.service.run_conversion`. Payloads carry the job id only.
+:func:`hiddenscope_ingest.worker.run_conversion` and :func:`hiddenscope_ingest.shards.run_helper`.
+Payloads carry the job id only.
 
 Run a worker with ``celery -A hiddenscope_ingest.tasks:celery_app worker -Q ingest``.
 """
@@ -7,21 +8,29 @@ Run a worker with ``celery -A hiddenscope_ingest.tasks:celery_app worker -Q inge
 from __future__ import annotations
 
 import functools
-import os
-import socket
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 from celery.signals import worker_process_init
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
+from hiddenscope_service.workflow import worker_owner
 
-from hiddenscope_ingest.service import RECONCILE_TASK_NAME, TASK_NAME, JobBusy, run_conversion
+from hiddenscope_ingest.attempt import JobBusy
+from hiddenscope_ingest.reconcile import reconcile
+from hiddenscope_ingest.rlimits import limit_data
 from hiddenscope_ingest.settings import get_settings
-from hiddenscope_ingest.shards import HELPER_TASK_NAME, run_helper
-from hiddenscope_ingest.versions import TRACKS_TASK_NAME
+from hiddenscope_ingest.shards import run_helper
+from hiddenscope_ingest.tasknames import (
+    HELPER_TASK_NAME,
+    RECONCILE_TASK_NAME,
+    STORE_PREFIX,
+    TASK_NAME,
+    TRACKS_TASK_NAME,
+)
+from hiddenscope_ingest.worker import run_conversion
 
-celery_app = Celery("hiddenscope_ingest", set_as_current=False)
-celery_app.config_from_object("hiddenscope_ingest.celeryconfig")  # lazy: read on first use
+celery_app = service_celery("hiddenscope_ingest", get_settings)  # settings read on first use
 
 
 @worker_process_init.connect
@@ -29,25 +38,19 @@ def _limit_pool_process(**_: Any) -> None:
     """Cap each pool process's heap when ``worker_max_data_bytes`` is set (see ``sandbox``)."""
     limit = get_settings().worker_max_data_bytes
     if limit:
-        from hiddenscope_ingest.sandbox import limit_data
-
         limit_data(limit)
 
 
 @functools.cache
 def job_store() -> JobStore:
-    s = get_settings()
-    return JobStore.from_url(
-        s.redis_url, prefix="hiddenscope:ingest", ttl_seconds=s.job_ttl_seconds,
-        max_attempts=s.max_attempts,
-    )  # fmt: skip
+    return JobStore.for_service(get_settings(), STORE_PREFIX)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
                  max_retries=None)  # fmt: skip
 def convert_task(self: Task[Any, Any], job_id: str) -> str:
     """Convert the upload of job ``job_id`` and publish it (idempotent, at-least-once)."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    owner = worker_owner(self.request.id)
     settings = get_settings()
 
     def spawn_helpers(build_id: str, phase: str, n: int) -> None:
@@ -65,15 +68,13 @@ def convert_task(self: Task[Any, Any], job_id: str) -> str:
 def convert_shards_task(self: Task[Any, Any], job_id: str, build_id: str, phase: str) -> int:
     """Help job ``job_id``: run layer shard tasks of ``phase`` of build ``build_id`` until none
     is left (:mod:`hiddenscope_ingest.shards`). Returns how many it ran."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    owner = worker_owner(self.request.id)
     return run_helper(job_id, build_id, phase, owner, get_settings(), job_store())
 
 
 @celery_app.task(name=RECONCILE_TASK_NAME)
 def reconcile_task(dry_run: bool = False) -> dict[str, object]:
     """One reconciliation pass (:mod:`hiddenscope_ingest.reconcile`)."""
-    from hiddenscope_ingest.reconcile import reconcile
-
     settings = get_settings()
     queue = settings.queue
 
@@ -87,8 +88,9 @@ def reconcile_task(dry_run: bool = False) -> dict[str, object]:
                  max_retries=None)  # fmt: skip
 def tracks_task(self: Task[Any, Any], job_id: str) -> str:
     """Add or remove tracks of a published dataset: a new version (a job with ``op: tracks``,
-    :mod:`hiddenscope_ingest.versions`; idempotent, at-least-once, leased like a conversion)."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    :mod:`hiddenscope_ingest.track_attempt`; idempotent, at-least-once, leased like a
+    conversion)."""
+    owner = worker_owner(self.request.id)
     try:
         return run_conversion(job_id, owner, get_settings(), job_store())
     except JobBusy as busy:

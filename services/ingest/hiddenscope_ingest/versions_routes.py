@@ -1,5 +1,5 @@
 """HTTP routes that change a published dataset's tracks (each change is a new version;
-:mod:`hiddenscope_ingest.versions`). HTTP only: parsing, status codes, headers."""
+:mod:`hiddenscope_ingest.track_submission`). HTTP only: parsing, status codes, headers."""
 
 from __future__ import annotations
 
@@ -8,23 +8,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.models import NAME_PATTERN
-from hiddenscope_service.jobs import new_job_id
 from hiddenscope_service.problems import problem_responses
 from pydantic import BaseModel, ConfigDict, Field
 
-from hiddenscope_ingest.errors import UnsupportedFormat
-from hiddenscope_ingest.manifest import TracksManifest, parse_tracks_manifest
-from hiddenscope_ingest.routes import (
+from hiddenscope_ingest.manifest import TracksManifest
+from hiddenscope_ingest.route_parts import (
     IdempotencyKey,
     JobResource,
-    _accepted,
-    _remove,
+    accepted,
     read_json_body,
     upload_body,
+    upload_kind,
 )
-from hiddenscope_ingest.service import JOB_KIND
+from hiddenscope_ingest.track_submission import VersionsService
 from hiddenscope_ingest.upload import receive_multipart
-from hiddenscope_ingest.versions import VersionsService
 
 router = APIRouter(prefix="/v1")
 
@@ -74,54 +71,20 @@ async def add_tracks(
     versions: Versions,
     idempotency_key: IdempotencyKey = None,
 ) -> JobResource:
-    settings = versions.settings
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
+    if upload_kind(request) == "multipart":
         if not idempotency_key:  # 404/409 before the upload (a retry may replay its job)
             await run_in_threadpool(versions.target, name_or_id)
-        job_id = new_job_id(JOB_KIND)
-        dest = versions.ingest.upload_dir(job_id)
-        received = await receive_multipart(request, dest, settings)
-        try:
-            manifest = parse_tracks_manifest(received.manifest)
-            digest = versions.request_hash(
-                name_or_id, manifest, {k: f.sha256 for k, f in received.files.items()}, None
-            )
-            job = await run_in_threadpool(versions.replay, idempotency_key, digest)
-            if job is not None:
-                await run_in_threadpool(_remove, dest)
-                return _accepted(response, job)
-            ds = await run_in_threadpool(versions.target, name_or_id)
-            await run_in_threadpool(versions.validate, ds, manifest, dest, received.files)
-        except BaseException:
-            await run_in_threadpool(_remove, dest)
-            raise
-        created, _new = await run_in_threadpool(
-            lambda: versions.submit(
-                name_or_id, manifest, dest, owned=True, job_id=job_id,
-                idempotency_key=idempotency_key, request_hash=digest,
-            )
-        )  # fmt: skip
-        return _accepted(response, created)
-    if ctype == "application/json":
-        req = await read_json_body(request, PathTracksRequest)
-        root = await run_in_threadpool(versions.ingest.resolve_server_path, req.path)
-        digest = versions.request_hash(name_or_id, req.manifest, None, str(root))
-        job = await run_in_threadpool(versions.replay, idempotency_key, digest)
-        if job is not None:
-            return _accepted(response, job)
-        ds = await run_in_threadpool(versions.target, name_or_id)
-        await run_in_threadpool(versions.validate, ds, req.manifest, root, None)
-        created, _new = await run_in_threadpool(
-            lambda: versions.submit(
-                name_or_id, req.manifest, root, owned=False, job_id=new_job_id(JOB_KIND),
-                idempotency_key=idempotency_key, request_hash=digest,
-            )
-        )  # fmt: skip
-        return _accepted(response, created)
-    raise UnsupportedFormat(
-        "send multipart/form-data (manifest + files) or application/json ({manifest, path})"
+        job_id, dest = versions.new_upload()
+        received = await receive_multipart(request, dest, versions.settings)
+        job = await run_in_threadpool(
+            versions.submit_upload, name_or_id, job_id, received, idempotency_key
+        )
+        return accepted(response, job)
+    req = await read_json_body(request, PathTracksRequest)
+    job = await run_in_threadpool(
+        versions.submit_path, name_or_id, req.manifest, req.path, idempotency_key
     )
+    return accepted(response, job)
 
 
 @router.delete(
@@ -138,20 +101,4 @@ def remove_track(
     versions: Versions,
     idempotency_key: IdempotencyKey = None,
 ) -> JobResource:
-    manifest = TracksManifest(remove=[track])
-    digest = versions.request_hash(name_or_id, manifest, None, None)
-    job = versions.replay(idempotency_key, digest)
-    if job is not None:
-        return _accepted(response, job)
-    ds = versions.target(name_or_id)
-    versions.validate(ds, manifest, None, None)
-    created, _new = versions.submit(
-        name_or_id,
-        manifest,
-        None,
-        owned=False,
-        job_id=new_job_id(JOB_KIND),
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-    )
-    return _accepted(response, created)
+    return accepted(response, versions.submit_removal(name_or_id, track, idempotency_key))

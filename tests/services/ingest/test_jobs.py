@@ -13,8 +13,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from hiddenscope_ingest.service import JOB_KIND, JobBusy, run_conversion
+from hiddenscope_ingest.attempt import JobBusy
 from hiddenscope_ingest.settings import IngestSettings
+from hiddenscope_ingest.tasknames import JOB_KIND
+from hiddenscope_ingest.worker import run_conversion
 from hiddenscope_service.jobs import JobStore
 
 from tests.services.ingest.helpers import (
@@ -164,7 +166,7 @@ def local(ingest_stack: IngestStack, tmp_path: Path) -> tuple[IngestSettings, Jo
 
 
 def _job(settings: IngestSettings, store: JobStore, name: str, x: np.ndarray) -> str:
-    upload = settings.uploads_path / name
+    upload = settings.layout.uploads_dir / name
     upload.mkdir(parents=True)
     (upload / "x.npy").write_bytes(npy_bytes(x))
     from hiddenscope_ingest.manifest import IngestManifest
@@ -193,7 +195,7 @@ def test_rerun_after_a_dead_attempt(local: tuple[IngestSettings, JobStore]) -> N
     job = store.get(job_id)
     assert job.attempts == 2
     assert not stale.exists()
-    assert not (settings.uploads_path / "rerun").exists()
+    assert not (settings.layout.uploads_dir / "rerun").exists()
     # a late duplicate delivery changes nothing
     assert run_conversion(job_id, "worker-3", settings, store) == "succeeded"
     assert store.get(job_id).attempts == 2
@@ -207,8 +209,8 @@ def test_rerun_after_publish_before_the_job_was_marked(
     assert run_conversion(job_id, "w1", settings, store) == "succeeded"
     first = store.get(job_id).result
     # simulate a crash between the atomic publish and the job's final transition
-    (settings.uploads_path / "published-once").mkdir(parents=True)
-    store.client.hset(
+    (settings.layout.uploads_dir / "published-once").mkdir(parents=True)
+    ingest_stack.redis.client().hset(
         f"hiddenscope:ingest:job:{job_id}",
         mapping={"status": "running", "owner": "w1", "lease_until": "0"},
     )

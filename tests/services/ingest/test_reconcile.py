@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from hiddenscope_ingest.manifest import IngestManifest
 from hiddenscope_ingest.reconcile import reconcile
-from hiddenscope_ingest.service import JOB_KIND, RECONCILE_TASK_NAME, run_conversion
 from hiddenscope_ingest.settings import IngestSettings
-from hiddenscope_service.celery_app import make_celery
+from hiddenscope_ingest.tasknames import JOB_KIND, RECONCILE_TASK_NAME
+from hiddenscope_ingest.worker import run_conversion
+from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
 
 from tests.services.ingest.helpers import IngestStack, npy_bytes, open_published, states, wait_job
@@ -36,7 +37,7 @@ def local(ingest_stack: IngestStack, tmp_path: Path) -> tuple[IngestSettings, Jo
 
 
 def _job(settings: IngestSettings, name: str, store: JobStore, upload: Path | None = None) -> str:
-    upload = upload or settings.uploads_path / name
+    upload = upload or settings.layout.uploads_dir / name
     upload.mkdir(parents=True, exist_ok=True)
     (upload / "x.npy").write_bytes(npy_bytes(states(50, 3, seed=7)))
     m = IngestManifest.model_validate(
@@ -75,7 +76,7 @@ def test_stuck_jobs_are_requeued_once_per_period(local: tuple[IngestSettings, Jo
     assert run_conversion(dead, "worker-2", settings, store) == "succeeded"
     assert store.get(dead).attempts == 2
     assert run_conversion(queued, "worker-2", settings, store) == "succeeded"
-    assert not (settings.uploads_path / "rc-dead").exists()
+    assert not (settings.layout.uploads_dir / "rc-dead").exists()
     # a held job keeps its lease: its worker's heartbeat renews it
     store.report_progress(held, "live-worker", 60)
     store.fail(held, {"status": 500, "title": "test", "detail": "cleanup"})
@@ -96,18 +97,18 @@ def test_leftovers_of_dead_jobs_are_removed(local: tuple[IngestSettings, JobStor
     live = _job(settings, "rc-live", store)
     store.set_note(live, "staging_id", "owned-attempt")
     # an old upload of a finished job, an old work dir of an unknown job, a fresh upload
-    finished = _job(settings, "rc-finished", store, settings.uploads_path / "finished-upload")
+    finished = _job(settings, "rc-finished", store, settings.layout.uploads_dir / "finished-upload")
     store.fail(finished, {"status": 422, "title": "x", "detail": "x"})
-    old_finished = settings.uploads_path / finished
-    (settings.uploads_path / "finished-upload").rename(old_finished)
+    old_finished = settings.layout.uploads_dir / finished
+    (settings.layout.uploads_dir / "finished-upload").rename(old_finished)
     _age(old_finished, 3600)
-    gone_work = settings.uploads_path / "no-such-job.work"
+    gone_work = settings.layout.uploads_dir / "no-such-job.work"
     gone_work.mkdir(parents=True)
     _age(gone_work, 3600)
-    receiving = settings.uploads_path / "being-received"
+    receiving = settings.layout.uploads_dir / "being-received"
     receiving.mkdir()
-    live_upload = settings.uploads_path / live
-    (settings.uploads_path / "rc-live").rename(live_upload)
+    live_upload = settings.layout.uploads_dir / live
+    (settings.layout.uploads_dir / "rc-live").rename(live_upload)
     _age(live_upload, 3600)
 
     # what an abort could not remove at once (a helper was still writing in it)
@@ -139,12 +140,13 @@ def test_reconcile_task_on_the_real_worker(client: httpx.Client, ingest_stack: I
     store = JobStore.from_url(settings.redis_url, prefix="hiddenscope:ingest")
     job_id = _job(settings, "rc-lost-message", store)
     # make it look old: queued longer than the default requeue_after_seconds
-    store.client.hset(f"hiddenscope:ingest:job:{job_id}", "updated_at", str(store.now() - 3600))
-    celery = make_celery("rc-test", broker_url=ingest_stack.redis.url, queue="ingest")
+    redis = ingest_stack.redis.client()
+    redis.hset(f"hiddenscope:ingest:job:{job_id}", "updated_at", str(store.now() - 3600))
+    celery = service_celery("rc-test", lambda: settings)
     celery.send_task(RECONCILE_TASK_NAME, queue="ingest")  # no result backend: watch the job
     job = wait_job(client, f"/v1/jobs/{job_id}")
     assert store.get_note(job_id, "requeued_at")
     assert job["status"] == "succeeded", job
     ds = open_published(ingest_stack.data_root, "rc-lost-message")
     np.testing.assert_array_equal(ds.window("l", 0, 50), states(50, 3, seed=7))
-    assert not (settings.uploads_path / "rc-lost-message").exists()
+    assert not (settings.layout.uploads_dir / "rc-lost-message").exists()

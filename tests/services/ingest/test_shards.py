@@ -1,6 +1,6 @@
 """Layer shards of a conversion shared by the worker's pool processes (``hiddenscope_ingest.
-shards``): the board in Redis, a conversion split over processes, bad data met in any shard,
-and a helper killed mid-shard."""
+shards``): the shards as parts of the job in Redis, a conversion split over processes, bad data
+met in any shard, and a helper killed mid-shard."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from hiddenscope_ingest.shards import ShardBoard
+from hiddenscope_ingest.shards import shard_parts
+from hiddenscope_ingest.tasknames import JOB_KIND
 from hiddenscope_service.jobs import JobStore
+from hiddenscope_service.workflow import PartsState
 
 from tests.services.ingest.helpers import (
     IngestStack,
@@ -30,28 +32,52 @@ def _store(stack: IngestStack) -> JobStore:
     return JobStore.from_url(stack.redis.url, prefix="hiddenscope:ingest")
 
 
-def test_board_claims_leases_and_problems(ingest_stack: IngestStack) -> None:
+def test_shard_parts_claims_leases_and_problems(ingest_stack: IngestStack) -> None:
     store = _store(ingest_stack)
-    board = ShardBoard(store, "ingest-unit", "build1", "write")
-    assert board.claim("a", 5) is None  # not posted yet
-    board.post(3)
-    assert [board.claim(o, 0.5) for o in "abc"] == [0, 1, 2]
-    assert board.claim("d", 0.5) is None  # all held
-    assert board.renew(0, "a", 0.5)
-    assert not board.renew(0, "b", 0.5)  # only the holder renews
-    board.done(1)
+    job, _ = store.create(JOB_KIND, {})
+    parts = shard_parts(store, job.id, "build1", "write")
+    assert parts.claim_next("a", 5) is None  # not posted yet
+    parts.post(3)
+    a, b, c = (parts.claim_next(o, 0.5) for o in "abc")
+    assert a is not None
+    assert b is not None
+    assert c is not None
+    assert (a.index, b.index, c.index) == (0, 1, 2)
+    assert parts.claim_next("d", 0.5) is None  # all held
+    assert a.renew()
+    assert not parts.renew(0, "b", 0.5)  # only the holder renews
+    b.done()
     time.sleep(0.8)  # the leases of 0 and 2 expire; 1 is done for good
-    assert board.claim("d", 5) == 0
-    assert board.claim("e", 5) == 2
-    assert board.claim("f", 5) is None
-    assert not board.renew(0, "a", 5)  # a's lease was taken over
+    d = parts.claim_next("d", 5)
+    e = parts.claim_next("e", 5)
+    assert d is not None
+    assert e is not None
+    assert (d.index, e.index) == (0, 2)
+    assert parts.claim_next("f", 5) is None
+    assert not a.renew()  # a's lease was taken over
     problem = {"status": 422, "title": "Invalid data", "detail": "bad row"}
-    board.fail(2, problem)
-    assert board.state() == (3, 1, [problem])
-    board.drop()
-    board.done(0)  # a late finish does not bring a dropped board back
-    assert board.state() == (0, 0, [])
-    assert board.claim("g", 5) is None
+    e.fail(problem)
+    assert parts.state() == PartsState(3, 1, [problem])
+    parts.drop()
+    d.done()  # a late finish does not bring dropped parts back
+    assert parts.state() == PartsState(0, 0, [])
+    assert parts.claim_next("g", 5) is None
+
+
+def test_shard_parts_have_no_attempt_cap(ingest_stack: IngestStack) -> None:
+    """A shard whose holders keep dying is taken over every time (the job's own attempts are
+    capped, not its shards'); a cancel request stops the claims."""
+    store = _store(ingest_stack)
+    job, _ = store.create(JOB_KIND, {})
+    parts = shard_parts(store, job.id, "build1", "index")
+    parts.post(1)
+    for i in range(store.max_attempts + 2):
+        claim = parts.claim_next(f"dying-{i}", 0.05)
+        assert claim is not None, i
+        assert claim.index == 0
+        time.sleep(0.1)
+    store.request_cancel(job.id)
+    assert parts.claim_next("late", 5) is None
 
 
 SEQ_STARTS = [0, 4095, 30_000]  # 4096 is a shard edge, not a sequence start

@@ -526,8 +526,10 @@ def test_a_redelivered_track_job_publishes_once(ingest_stack: IngestStack, tmp_p
     store = JobStore.from_url(settings.redis_url, prefix="hiddenscope:ingest-redeliver-test")
     from hiddenscope_core.build import DatasetWriter
     from hiddenscope_ingest.manifest import TracksManifest
-    from hiddenscope_ingest.service import JOB_KIND, run_conversion, work_dir_of
-    from hiddenscope_ingest.versions import attempt_tracks
+    from hiddenscope_ingest.tasknames import JOB_KIND
+    from hiddenscope_ingest.track_attempt import attempt_tracks
+    from hiddenscope_ingest.worker import run_conversion
+    from hiddenscope_service.workflow import JobLease
 
     w = DatasetWriter.create(settings.data_root, "rd", n_steps=60)
     w.add_layer("l", n_cells=2).write(states(60, 2))
@@ -541,9 +543,10 @@ def test_a_redelivered_track_job_publishes_once(ingest_stack: IngestStack, tmp_p
     payload = {"op": "tracks", "target": "rd", "manifest": manifest.model_dump(mode="json"),
                "source_dir": str(src), "owned": False}  # fmt: skip
     job, _ = store.create(JOB_KIND, payload)
-    assert store.claim(job.id, "dead-worker", 5).outcome == "claimed"
-    work = work_dir_of(settings, job.id)
-    first = attempt_tracks(store.get(job.id), "dead-worker", settings, store, src, work)
+    lease = JobLease.claim(store, job.id, "dead-worker", 5)
+    assert lease.held
+    work = settings.layout.work(job.id)
+    first = attempt_tracks(store.get(job.id), lease, settings, src, work)
     assert first.status == "succeeded"
     v2 = first.result["dataset"]["id"] if first.result else None
     # the worker died here, before finishing the job; the lease runs out, the job is delivered

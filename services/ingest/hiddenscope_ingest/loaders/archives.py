@@ -5,7 +5,6 @@ sizes can lie) and the compression ratio of zip members."""
 
 from __future__ import annotations
 
-import shutil
 import stat
 import tarfile
 import zipfile
@@ -15,12 +14,6 @@ from typing import IO
 from hiddenscope_ingest.errors import InvalidData, TooLarge, UnsafeContent
 from hiddenscope_ingest.loaders.base import Limits
 from hiddenscope_ingest.manifest import check_relative
-
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-
-
-def is_archive(filename: str) -> bool:
-    return filename.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def _target(dest: Path, member: str, archive: str) -> Path:
@@ -125,7 +118,3 @@ def extract_archive(path: Path, dest: Path, limits: Limits, label: str | None = 
             raise InvalidData(f"{name}: not an archive (.zip, .tar, .tar.gz, .tgz)")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise InvalidData(f"{name}: a broken archive ({exc})") from None
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
