@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from hiddenscope_core.errors import InvalidQuery
@@ -37,11 +36,6 @@ log = logging.getLogger(__name__)
 INDEX_TASK_NAME = "match.build_search_index"
 INDEX_ERROR_TTL = 60
 """Seconds a failed index build is reported (503) before a search enqueues the build again."""
-
-
-def cache_dir_of(settings: MatchSettings) -> Path:
-    """Where the derived per-dataset caches (the search index) live."""
-    return settings.cache_dir or settings.data_root / "cache"
 
 
 def index_build_lock(store: JobStore) -> Lock:
@@ -105,7 +99,7 @@ class PhraseSearch:
         task once (a :class:`~hiddenscope_service.workflow.Lock` per dataset, expiring after the
         task time limit, dedupes it across API processes; the worker releases it). Raises
         ``ProblemError`` (503) if it cannot be queued."""
-        cache = cache_dir_of(self.settings)
+        cache = self.settings.layout.cache_dir
         if index_exists(ds, cache):
             return
         if self.enqueue_index is None:
@@ -133,7 +127,7 @@ class PhraseSearch:
     def index(self, ds: Dataset) -> TokenIndex:
         """The phrase index of ``ds``; if it is not built yet, queue its build and wait up to
         ``search_index_wait_seconds`` for it, then answer 503 + ``Retry-After``."""
-        cache = cache_dir_of(self.settings)
+        cache = self.settings.layout.cache_dir
         index = open_index(ds, cache)
         if index is not None:
             return index

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from hiddenscope_core.layout import Layout
 from hiddenscope_service.settings import ServiceSettings, load_settings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -72,6 +73,11 @@ class MatchSettings(ServiceSettings):
         default=True,
         description="start building a dataset's search index when its info is first read",
     )
+
+    @property
+    def layout(self) -> Layout:
+        """The paths of the data root (the caches under ``cache_dir`` when it is set)."""
+        return Layout(self.data_root, cache=self.cache_dir)
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from hiddenscope_service.problems import problem_from_exception
 
 from hiddenscope_match.datasets import Datasets
 from hiddenscope_match.matches import shard_floor, shard_parts
-from hiddenscope_match.search import cache_dir_of, index_build_lock, index_errors
+from hiddenscope_match.search import index_build_lock, index_errors
 from hiddenscope_match.search_index import build_index, clean_caches
 from hiddenscope_match.settings import MatchSettings
 
@@ -108,7 +108,7 @@ def build_search_index(
     """Worker side of ``match.build_search_index``: build the dataset's phrase index (unless it
     exists), note a failure for the API to report, end the build's lock, then remove the caches
     of datasets that no longer exist. Idempotent; returns what happened (for logs)."""
-    cache = cache_dir_of(settings)
+    cache = settings.layout.cache_dir
     errors = index_errors(store)
     t0 = time.perf_counter()
     outcome = "gone"
