@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from hiddenscope_core.direct_io import ALIGN, POOL, BufferPool
 
-from tests.core.test_storage import make_states, write_dataset
+from tests.core.helpers import make_states, write_dataset
 
 
 def test_a_given_buffer_is_reused_aligned_and_with_any_shape() -> None:

@@ -26,7 +26,7 @@ from hiddenscope_core.synth import generate_chunks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.core.test_parquet_intervals import schema as interval_schema
+from tests.core.helpers import interval_schema
 
 SETTINGS = settings(
     deadline=None,

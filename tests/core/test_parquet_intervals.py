@@ -19,6 +19,8 @@ from hiddenscope_core.parquet.intervals import COLUMNS, IntervalParquetWriter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.core.helpers import interval_schema
+
 SETTINGS = settings(
     deadline=None,
     max_examples=int(os.environ.get("HIDDENSCOPE_EXACT_EXAMPLES", "30")) * 3,
@@ -27,18 +29,6 @@ SETTINGS = settings(
 )
 
 Cols = tuple[np.ndarray, ...]
-
-
-def schema(wide: bool) -> pa.Schema:
-    pos = pa.int64() if wide else pa.uint32()
-    return pa.schema(
-        [
-            pa.field("threshold_index", pa.int16(), False),
-            pa.field("cell", pa.int32(), False),
-            pa.field("start", pos, False),
-            pa.field("end", pos, False),
-        ]
-    )
 
 
 def dtypes(wide: bool) -> list[np.dtype[Any]]:
@@ -77,9 +67,9 @@ def write(path: Path, cols: Cols, wide: bool, rg: int, cuts: list[int], page: in
 def check_file(path: Path, cols: Cols, wide: bool, rg: int) -> None:
     """Both readers return exactly ``cols``; row groups, statistics and schema are right."""
     n = cols[0].shape[0]
-    assert pq.read_schema(path).equals(schema(wide))
+    assert pq.read_schema(path).equals(interval_schema(wide))
     t = pq.read_table(path)
-    assert t.schema.equals(schema(wide))
+    assert t.schema.equals(interval_schema(wide))
     for name, c in zip(COLUMNS, cols, strict=True):
         got = t[name].to_numpy()
         assert got.dtype == c.dtype
@@ -167,10 +157,10 @@ def test_empty_file(tmp_path: Path, wide: bool) -> None:
     path = tmp_path / "e.parquet"
     with IntervalParquetWriter(path, wide) as w:
         w.write(*(np.empty(0, dt) for dt in dtypes(wide)))
-    assert pq.read_schema(path).equals(schema(wide))
+    assert pq.read_schema(path).equals(interval_schema(wide))
     t = pq.read_table(path)
     assert t.num_rows == 0
-    assert t.schema.equals(schema(wide))
+    assert t.schema.equals(interval_schema(wide))
     assert pq.ParquetFile(path).metadata.num_row_groups == 0
     con = duckdb.connect()
     assert con.execute("SELECT count(*) FROM read_parquet(?)", [str(path)]).fetchone() == (0,)
@@ -227,13 +217,15 @@ def write_pyarrow(path: Path, cols: Cols, wide: bool, rg: int) -> None:
     """As the index build's former pyarrow writer of the interval files did."""
     with pq.ParquetWriter(
         path,
-        schema(wide),
+        interval_schema(wide),
         compression="none",
         use_dictionary=False,
         column_encoding=dict.fromkeys(COLUMNS, "DELTA_BINARY_PACKED"),
         write_statistics=["threshold_index", "cell", "start"],
     ) as w:
-        w.write_table(pa.table(dict(zip(COLUMNS, cols, strict=True))).cast(schema(wide)), rg)
+        w.write_table(
+            pa.table(dict(zip(COLUMNS, cols, strict=True))).cast(interval_schema(wide)), rg
+        )
 
 
 @pytest.mark.parametrize("wide", [False, True])

@@ -17,7 +17,7 @@ from hiddenscope_core.match import match
 from hiddenscope_core.models import MatchQuery
 from hiddenscope_core.reader import Catalog
 
-from tests.core.test_storage import make_states
+from tests.core.helpers import make_states
 
 T, D = 9000, 5
 STARTS = [0, 1500, 2048, 4095, 6143, 6144, 8999]  # some exactly at or next to shard edges

@@ -18,6 +18,8 @@ from hiddenscope_core.transforms import transform_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.core.helpers import make_states, write_dataset
+
 
 def brute_intervals(on: np.ndarray, starts: list[int]) -> list[tuple[int, int]]:
     """Maximal on-runs of a bool vector, cut at sequence starts."""
@@ -35,41 +37,6 @@ def brute_intervals(on: np.ndarray, starts: list[int]) -> list[tuple[int, int]]:
     if cur is not None:
         out.append((cur, len(on)))
     return out
-
-
-def make_states(T: int, D: int, seed: int, nan_frac: float = 0.03) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((T, D)) * 0.8).astype(np.float32)
-    x[rng.random((T, D)) < nan_frac] = np.nan
-    return x
-
-
-def write_dataset(
-    root: Path,
-    name: str,
-    x: np.ndarray,
-    *,
-    dtype: str = "float32",
-    transform: str = "tanh",
-    starts: list[int] | None = None,
-    chunk: int = 777,
-    thresholds: list[float] | None = None,
-    sizes: BuildSizes | None = None,
-    index_sources: dict[str, str] | None = None,
-) -> str:
-    """Write ``x`` as layer ``l1`` of a new dataset; returns its id. ``index_sources`` gets the
-    writer's ``index_sources`` (where each layer's planes came from)."""
-    T, D = x.shape
-    w = DatasetWriter.create(root, name, n_steps=T, sizes=sizes)
-    if starts is not None:
-        w.set_sequences(starts, names=[f"s{i}" for i in range(len(starts))])
-    lw = w.add_layer("l1", n_cells=D, dtype=dtype, transform=transform, thresholds=thresholds)  # type: ignore[arg-type]
-    for s in range(0, T, chunk):
-        lw.write(x[s : s + chunk].astype(dtype))
-    dataset_id = w.publish().id
-    if index_sources is not None:
-        index_sources.update(w.index_sources)
-    return dataset_id
 
 
 @pytest.mark.parametrize(
