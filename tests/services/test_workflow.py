@@ -99,6 +99,54 @@ def test_a_heartbeat_stops_when_the_lease_is_lost() -> None:
     assert len(beats) == 2
 
 
+def test_one_thread_beats_every_heartbeat_and_none_beats_after_its_block() -> None:
+    counts = Counter[int]()
+    lock = threading.Lock()
+
+    def hold(i: int) -> None:
+        def beat() -> bool:
+            with lock:
+                counts[i] += 1
+            return True
+
+        with Heartbeat(beat, 0.01 + 0.002 * (i % 5), name=f"hb-{i}"):
+            time.sleep(0.15)
+            assert sum(t.name == "heartbeats" for t in threading.enumerate()) == 1
+
+    _threads(20, hold)
+    assert len(counts) == 20
+    assert all(n >= 3 for n in counts.values()), counts  # each renewed, none starved
+    after = dict(counts)
+    time.sleep(0.1)
+    assert dict(counts) == after  # every block ended: nothing is renewed any more
+
+
+def test_a_forked_child_has_its_own_renewal_thread() -> None:
+    import multiprocessing
+
+    with Heartbeat(lambda: True, 0.01):  # the parent's thread runs while the child is forked
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+
+        def child() -> None:
+            beats: list[int] = []
+
+            def beat() -> bool:
+                beats.append(1)
+                return True
+
+            with Heartbeat(beat, 0.01):
+                time.sleep(0.2)
+            q.put(len(beats))
+
+        p = ctx.Process(target=child)
+        p.start()
+        n = q.get(timeout=20)
+        p.join(20)
+    assert p.exitcode == 0
+    assert n >= 5
+
+
 # ------------------------------------------------------------------------------ parts as tasks
 
 

@@ -16,7 +16,8 @@ the classes here (the job store, :mod:`hiddenscope_service.jobs`, keeps the reco
   learns it (:attr:`PartsProgress.complete`) and merges. Parts that *drive* the job (match
   shards) also move it: the first claim starts it, progress counts parts, a cancellation or a
   failed part ends it.
-* :class:`Heartbeat` — the one lease-renewing thread, used by both kinds of lease.
+* :class:`Heartbeat` — a lease renewed while a block runs, used by both kinds of lease; one
+  renewal thread per process beats them all.
 * :class:`Lock` — a short-lived exclusive hold on a named resource that expires by itself (the
   reconciler's pass, a dataset's search-index build).
 * :class:`Values` — small side values under a name, scoped to a job or a dataset, with a TTL:
@@ -71,36 +72,89 @@ def worker_owner(task_id: str | None = None) -> str:
 
 
 class Heartbeat:
-    """Calls ``beat()`` every ``interval`` seconds from a daemon thread while the ``with`` block
-    runs, so a lease stays live through long steps and expires only when the process dies.
+    """Calls ``beat()`` every ``interval`` seconds while the ``with`` block runs, so a lease
+    stays live through long steps and expires only when the process dies.
 
-    ``beat()`` returns ``False`` when the lease is lost: the thread stops and :attr:`lost`
+    ``beat()`` returns ``False`` when the lease is lost: the beats stop and :attr:`lost`
     becomes true (the work itself learns it at its next report). An exception (Redis briefly
-    unreachable) is logged and the next beat tries again."""
+    unreachable) is logged and the next beat tries again. No beat runs after the block ends.
+
+    Every heartbeat of a process is beaten by one renewal thread (:class:`_Renewals`), started
+    once: a match shard of a few milliseconds would otherwise pay a thread's start and join."""
 
     def __init__(self, beat: Callable[[], bool], interval: float, name: str = "heartbeat") -> None:
         self.beat = beat
         self.interval = interval
+        self.name = name
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if not self.beat():
-                    self.lost = True
-                    return
-            except Exception:
-                log.warning("%s: lease renewal failed", self._thread.name, exc_info=True)
+        self.due = 0.0  # the monotonic time of the next beat (kept by the renewal thread)
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        _RENEWALS.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        _RENEWALS.remove(self)
+
+
+class _Renewals:
+    """The process's one renewal thread and the heartbeats it beats, soonest due first. Beats
+    run outside the lock, one at a time; :meth:`remove` waits for a beat in flight, so nothing
+    is renewed after its ``with`` block. A forked child starts afresh (no thread survives a
+    fork, and a lock held at the fork would never be released in the child)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held: dict[int, Heartbeat] = {}
+        self._beating: Heartbeat | None = None
+        self._thread: threading.Thread | None = None
+
+    def add(self, hb: Heartbeat) -> None:
+        with self._cond:
+            hb.due = time.monotonic() + hb.interval
+            self._held[id(hb)] = hb
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, hb: Heartbeat) -> None:
+        with self._cond:
+            self._held.pop(id(hb), None)
+            while self._beating is hb:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._held:
+                    self._cond.wait()
+                    continue
+                hb = min(self._held.values(), key=lambda h: h.due)
+                delay = hb.due - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                hb.due = time.monotonic() + hb.interval
+                self._beating = hb
+            try:
+                alive = hb.beat()
+            except Exception:
+                log.warning("%s: lease renewal failed", hb.name, exc_info=True)
+                alive = True
+            with self._cond:
+                self._beating = None
+                if not alive:
+                    hb.lost = True
+                    self._held.pop(id(hb), None)
+                self._cond.notify_all()
+
+
+_RENEWALS = _Renewals()
 
 
 # --------------------------------------------------------------------------------- job lease
