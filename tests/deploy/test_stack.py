@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hiddenscope_client import HiddenScopeClient
 from hiddenscope_stack.demo import default_demo_dir, upload_dataset
 from hiddenscope_stack.runner import Stack
 
@@ -66,9 +67,11 @@ def test_every_service_is_up(stack: Stack) -> None:
 
 def test_upload_select_match_through_the_gateway(stack: Stack) -> None:
     base = stack.urls["gateway"]
+    with HiddenScopeClient(base, timeout=60) as api:
+        job = upload_dataset(api, default_demo_dir(), timeout=120)
+    assert job.result is not None
+    dataset = job.result["dataset"]
     with httpx.Client(base_url=base, timeout=60) as client:
-        job = upload_dataset(client, default_demo_dir(), timeout=120)
-        dataset = job["result"]["dataset"]
         assert dataset["name"] == "parens"
         got = client.get("/v1/datasets/parens").raise_for_status().json()
         assert got["n_steps"] == 20_000
@@ -153,9 +156,10 @@ def test_embedded_redis_runs_the_workers(tmp_path: Path, monkeypatch: pytest.Mon
         redis = next(svc for svc in s.running if svc.spec.name == "redis")
         assert "hiddenscope_stack.embedded_redis" in redis.argv
         assert any("embedded fakeredis" in line for line in said)
+        with HiddenScopeClient(s.urls["gateway"], timeout=60) as api:
+            job = upload_dataset(api, default_demo_dir(), timeout=120)
+        assert job.id.startswith("ingest-")
         with httpx.Client(base_url=s.urls["gateway"], timeout=60) as client:
-            job = upload_dataset(client, default_demo_dir(), timeout=120)
-            assert job["id"].startswith("ingest-")
             body = {"layer": "cell_l2", "range": [89, 91], "top_k": 5}
             r = client.post("/v1/datasets/parens/matches", json=body, params={"wait": 30})
             assert r.status_code == 200, r.text

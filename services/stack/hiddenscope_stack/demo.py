@@ -1,15 +1,15 @@
 """Load the demo dataset (``deploy/demo/data``: the paper's §6.1 parenthesis language) through
-the gateway's ingest API, unless a dataset of that name is already published."""
+the gateway's ingest API (with :mod:`hiddenscope_client`), unless a dataset of that name is
+already published."""
 
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
+from hiddenscope_client import HiddenScopeClient, IngestJob, NotFound, UploadFile
 
 from hiddenscope_stack.runner import repo_root
 
@@ -38,43 +38,35 @@ def manifest_files(manifest: dict[str, Any]) -> list[str]:
 
 
 def upload_dataset(
-    client: httpx.Client, directory: Path, *, timeout: float = 300.0
-) -> dict[str, Any]:
+    client: HiddenScopeClient, directory: Path, *, timeout: float = 300.0
+) -> IngestJob:
     """Upload ``directory/manifest.yml`` and the files it names; wait for the ingest job.
 
-    Returns the finished job resource. Raises ``RuntimeError`` if the job fails or times out,
-    ``httpx.HTTPStatusError`` if the upload is refused.
+    Returns the finished job. Raises the client's :class:`~hiddenscope_client.ApiError` if the
+    upload is refused, :class:`~hiddenscope_client.JobFailed` if the job fails and
+    :class:`~hiddenscope_client.ApiUnavailable` if it is still running after ``timeout`` s.
     """
     manifest_text = (directory / "manifest.yml").read_text()
     names = manifest_files(yaml.safe_load(manifest_text))
     with contextlib.ExitStack() as stack:
-        parts: list[tuple[str, Any]] = [("manifest", (None, manifest_text))]
-        for name in names:
-            fh = stack.enter_context(open(directory / name, "rb"))
-            parts.append(("files", (name, fh, "application/octet-stream")))
-        r = client.post("/v1/datasets", files=parts, timeout=timeout)
-    r.raise_for_status()
-    location = r.headers["location"]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(location, params={"wait": 20}, timeout=40).raise_for_status().json()
-        if job["status"] == "succeeded":
-            return dict(job)
-        if job["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"ingest job {job['id']} {job['status']}: {job.get('error')}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"ingest job {job['id']} still {job['status']} after {timeout} s")
+        files = [
+            UploadFile(name, (directory / name).stat().st_size,
+                       stack.enter_context(open(directory / name, "rb")))
+            for name in names
+        ]  # fmt: skip
+        job = client.upload_dataset(manifest_text, files, timeout=timeout)
+    return client.wait_job(job.id, timeout=timeout, poll=20)
 
 
 def ensure_demo(base_url: str, directory: Path | None = None) -> tuple[str, bool]:
     """Make sure the demo dataset is published; returns ``(name, uploaded_now)``."""
     directory = directory or default_demo_dir()
     name = str(yaml.safe_load((directory / "manifest.yml").read_text())["name"])
-    with httpx.Client(base_url=base_url, timeout=60) as client:
-        r = client.get(f"/v1/datasets/{name}")
-        if r.status_code == 200:
+    with HiddenScopeClient(base_url, timeout=60) as client:
+        try:
+            client.manifest(name)
             return name, False
-        if r.status_code != 404:
-            r.raise_for_status()
+        except NotFound:
+            pass
         upload_dataset(client, directory)
     return name, True
