@@ -26,6 +26,16 @@ from pydantic import BaseModel, Field
 from hiddenscope_service.jobs import TERMINAL, Job, Progress
 from hiddenscope_service.problems import problem_responses
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="retrying with the same key and body returns the original job",
+    ),
+]
+"""The ``Idempotency-Key`` header of a request that creates a job (both services)."""
+
 JOBS_PATH = "/v1/jobs"
 
 

@@ -1,13 +1,13 @@
 """HTTP pieces both route modules of the ingest service share (:mod:`hiddenscope_ingest.routes`,
-:mod:`hiddenscope_ingest.versions_routes`): the job resource, the ``Idempotency-Key`` header, the
+:mod:`hiddenscope_ingest.versions_routes`): the job resource, the
 ``202 Accepted`` answer, a size-capped JSON body and the OpenAPI body of an upload."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from fastapi import Header, Request, Response
+from fastapi import Request, Response
 from hiddenscope_service.job_resource import JobResourceBase, job_path
 from hiddenscope_service.jobs import Job
 from hiddenscope_service.problems import ProblemError
@@ -18,15 +18,6 @@ from hiddenscope_ingest.errors import TooLarge, UnsupportedFormat
 M = TypeVar("M", bound=BaseModel)
 
 MAX_JSON_BODY = 1 << 20
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=200,
-        description="retrying with the same key and body returns the original job",
-    ),
-]
 
 
 class ShardProgress(BaseModel):

@@ -10,14 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.models import DatasetManifest
-from hiddenscope_service.job_resource import JobBackend, job_router
+from hiddenscope_service.job_resource import IdempotencyKey, JobBackend, job_router
 from hiddenscope_service.jobs import Job
 from hiddenscope_service.problems import problem_responses
 from pydantic import BaseModel, ConfigDict, Field
 
 from hiddenscope_ingest.manifest import IngestManifest
 from hiddenscope_ingest.route_parts import (
-    IdempotencyKey,
     JobResource,
     accepted,
     read_json_body,

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.models import NAME_PATTERN
+from hiddenscope_service.job_resource import IdempotencyKey
 from hiddenscope_service.problems import problem_responses
 from pydantic import BaseModel, ConfigDict, Field
 
 from hiddenscope_ingest.manifest import TracksManifest
 from hiddenscope_ingest.route_parts import (
-    IdempotencyKey,
     JobResource,
     accepted,
     read_json_body,

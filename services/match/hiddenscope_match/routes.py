@@ -24,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from hiddenscope_core.errors import InvalidQuery
 from hiddenscope_core.models import SelectQuery, SelectResult
 from hiddenscope_service.job_resource import (
+    IdempotencyKey,
     job_path,
     job_router,
     wait_seconds,
@@ -81,14 +82,6 @@ SequenceQ = Annotated[
 OffsetQ = Annotated[int, Query(ge=0, description="steps into the sequence")]
 LengthQ = Annotated[
     int | None, Query(ge=1, description="window length (default: to the sequence's end)")
-]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=200,
-        description="retrying with the same key and body returns the original job",
-    ),
 ]
 PageSize = Annotated[int | None, Query(ge=1, description="hits per page (default: all)")]
 PageToken = Annotated[str | None, Query(max_length=2000, description="from next_page_token")]
