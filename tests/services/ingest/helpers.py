@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from hiddenscope_core.transforms import transform_values
 from hiddenscope_service.processes import ManagedProcess
 from hiddenscope_service.testing import RedisServer
 from safetensors.numpy import save as st_save
+
+from tests.services.helpers import wait_job
 
 MAX_UPLOAD_BYTES = 8 * 2**20
 """The stack's upload and file size limit (``max_upload_bytes``, ``max_file_bytes``)."""
@@ -46,19 +47,6 @@ class IngestStack:
 
     def logs(self) -> str:
         return f"--- worker ---\n{self.worker.log()}\n--- api ---\n{self.api.log()}"
-
-
-def wait_job(client: httpx.Client, location: str, timeout: float = 90) -> dict[str, Any]:
-    """Poll a job monitor until it is terminal; returns its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get(location, params={"wait": 10})
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {location} still {body['status']} after {timeout}s")
 
 
 def states(T: int, D: int, seed: int = 0) -> npt.NDArray[np.float32]:

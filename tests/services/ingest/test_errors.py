@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.services.helpers import wait_job
 from tests.services.ingest.helpers import (
     MAX_UPLOAD_BYTES,
     IngestStack,
@@ -26,7 +27,6 @@ from tests.services.ingest.helpers import (
     post_upload,
     states,
     tar_gz_bytes,
-    wait_job,
 )
 
 

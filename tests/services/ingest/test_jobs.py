@@ -19,13 +19,13 @@ from hiddenscope_ingest.tasknames import JOB_KIND
 from hiddenscope_ingest.worker import run_conversion
 from hiddenscope_service.jobs import JobStore
 
+from tests.services.helpers import wait_job
 from tests.services.ingest.helpers import (
     IngestStack,
     npy_bytes,
     open_published,
     post_upload,
     states,
-    wait_job,
 )
 
 

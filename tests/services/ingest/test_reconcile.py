@@ -18,7 +18,8 @@ from hiddenscope_ingest.worker import run_conversion
 from hiddenscope_service.celery_app import service_celery
 from hiddenscope_service.jobs import JobStore
 
-from tests.services.ingest.helpers import IngestStack, npy_bytes, open_published, states, wait_job
+from tests.services.helpers import wait_job
+from tests.services.ingest.helpers import IngestStack, npy_bytes, open_published, states
 
 
 @pytest.fixture

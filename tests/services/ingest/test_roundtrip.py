@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 from safetensors.numpy import save as st_save
 
+from tests.services.helpers import wait_job
 from tests.services.ingest.helpers import (
     IngestStack,
     arrow_bytes,
@@ -23,7 +24,6 @@ from tests.services.ingest.helpers import (
     parquet_bytes,
     states,
     tar_gz_bytes,
-    wait_job,
     zip_bytes,
 )
 

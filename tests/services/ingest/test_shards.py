@@ -16,6 +16,7 @@ from hiddenscope_ingest.tasknames import JOB_KIND
 from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.workflow import PartsState
 
+from tests.services.helpers import wait_job
 from tests.services.ingest.helpers import (
     IngestStack,
     ingest_fails,
@@ -24,7 +25,6 @@ from tests.services.ingest.helpers import (
     open_published,
     post_upload,
     states,
-    wait_job,
 )
 
 

@@ -27,13 +27,13 @@ from hiddenscope_service.jobs import JobStore
 from hiddenscope_service.processes import ManagedProcess
 from hiddenscope_service.testing import start_uvicorn
 
+from tests.services.helpers import wait_job
 from tests.services.ingest.helpers import (
     IngestStack,
     ingest_ok,
     npy_bytes,
     open_published,
     states,
-    wait_job,
 )
 
 T, D = 1500, 8

@@ -1,15 +1,13 @@
 """What the match tests share: the stack's handle (:class:`MatchStack`, built by the
 ``match_stack`` fixture, and the datasets it serves, :class:`MatchData`), the stack's limits and
-vocabulary, and :func:`wait_job`."""
+vocabulary."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from hiddenscope_service.processes import ManagedProcess
 from hiddenscope_service.testing import RedisServer, start_celery_worker
 
@@ -61,16 +59,3 @@ class MatchStack:
                 name=f"match{n}",
             )
         )
-
-
-def wait_job(client: httpx.Client, location: str, timeout: float = 120) -> dict[str, Any]:
-    """Poll a match job until it is terminal; returns its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get(location, params={"wait": 10})
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {location} still {body['status']} after {timeout}s")

@@ -12,7 +12,8 @@ import pyarrow as pa
 from hiddenscope_core.transforms import transform_values
 
 from tests.core.reference import ref_select
-from tests.services.match.helpers import VOCAB, MatchStack, wait_job
+from tests.services.helpers import wait_job
+from tests.services.match.helpers import VOCAB, MatchStack
 
 
 def test_healthz(client: httpx.Client) -> None:

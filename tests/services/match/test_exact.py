@@ -14,7 +14,8 @@ import pytest
 
 from tests.core.datagen import DataSpec
 from tests.core.reference import ref_match, ref_select
-from tests.services.match.helpers import SHARD_SIZES, MatchStack, wait_job
+from tests.services.helpers import wait_job
+from tests.services.match.helpers import SHARD_SIZES, MatchStack
 
 HIT_FIELDS = (
     "start", "end", "length", "sequence", "sequence_name", "intersection", "union", "jaccard",
